@@ -1,0 +1,381 @@
+"""Workspace configuration: read TOML with tomlkit, merge, validate into a frozen `Config`.
+
+Every mistake raises `ConfigError` naming the file and the key (and, for TOML syntax, the
+line and column). Only this module knows the shape of the TOML; the rest of sinagot reads
+the `Config` dataclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+from .errors import ConfigError
+
+DEFAULT_FILE = "workspace.toml"
+RUN_MODES = ("main_process", "dask")
+KNOWN_TABLES = (
+    "workspace", "records", "steps", "path", "run", "dask", "tasks", "modalities",
+    "state", "staleness", "daemon",
+)  # fmt: skip
+#: Names a task or modality cannot take: they would hide an attribute of the model.
+RESERVED_NAMES = frozenset(
+    {"records", "steps", "logs", "get", "first", "all", "head", "ids", "iter_ids", "count",
+     "has", "status", "run", "close", "id", "task", "modality", "scope", "config"}
+)  # fmt: skip
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    scripts: tuple[str, ...]
+    task_scripts: Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    max_in_flight: int = 256
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated workspace configuration; paths are absolute."""
+
+    files: tuple[Path, ...]
+    id_regex: re.Pattern[str]
+    dataset: Path
+    scripts: Path
+    state_dir: Path
+    steps: tuple[str, ...] | None  # unit mode; None in scoped mode
+    tasks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # task -> modalities
+    modalities: Mapping[str, ModalitySpec] = field(default_factory=dict)
+    run_mode: str = "main_process"
+    dask: DaskSettings = DaskSettings()
+    content_hash: bool = False
+    track_scripts: bool = True
+    version: str | None = None
+    daemon: Mapping[str, Any] = field(default_factory=dict)
+    origins: Mapping[tuple[str, ...], Path] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.files[0].parent
+
+    @property
+    def scoped(self) -> bool:
+        return self.steps is None
+
+    def where(self, *key: str) -> str:
+        """'file: [table] key' for error messages about a setting."""
+        path = self.origins.get(key) or self.origins.get(key[:1]) or self.files[0]
+        return f"{path}: {_key_name(key)}"
+
+
+def _key_name(key: Sequence[str]) -> str:
+    if not key:
+        return "(top level)"
+    if len(key) == 1:
+        return f"[{key[0]}]"
+    return f"[{key[0]}] {'.'.join(key[1:])}"
+
+
+def config_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The TOML files a `Workspace(...)` argument names: a folder, a file, or a list of files."""
+    items = [source] if isinstance(source, str | os.PathLike) else list(source)
+    if not items:
+        raise ConfigError("no configuration file given")
+    files = []
+    for item in items:
+        path = Path(item).expanduser().absolute()
+        if path.is_dir():
+            path = path / DEFAULT_FILE
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        files.append(path)
+    return files
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    try:
+        return tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.ParseError as exc:
+        message = str(exc).split(" at line ")[0]
+        raise ConfigError(
+            f"{path}, line {exc.line}, column {exc.col}: invalid TOML: {message}"
+        ) from None
+
+
+def _merge(
+    into: dict[str, Any],
+    new: Mapping[str, Any],
+    origin: Path,
+    origins: dict[tuple[str, ...], Path],
+    prefix: tuple[str, ...] = (),
+) -> None:
+    """Merge `new` into `into`: tables key by key, other values replaced; remember who set what."""
+    for key, value in new.items():
+        here = (*prefix, key)
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, origins, here)
+        else:
+            into[key] = value
+            for sub in _keys(value, here):
+                origins[sub] = origin
+        origins.setdefault(here, origin)
+
+
+def _keys(value: Any, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    keys = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            keys.extend(_keys(v, (*prefix, k)))
+    return keys
+
+
+class _Reader:
+    """Typed access to the merged TOML, with errors that name the file and the key."""
+
+    def __init__(self, data: dict[str, Any], origins: dict[tuple[str, ...], Path], first: Path):
+        self.data = data
+        self.origins = origins
+        self.first = first
+
+    def error(self, key: Sequence[str], message: str) -> ConfigError:
+        path = self.origins.get(tuple(key)) or self.origins.get(tuple(key[:1])) or self.first
+        return ConfigError(f"{path}: {_key_name(key)}: {message}")
+
+    def table(self, *key: str) -> dict[str, Any]:
+        value: Any = self.data
+        for k in key:
+            value = value.get(k, {}) if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, found {_show(value)}")
+        return value
+
+    def check_keys(self, key: tuple[str, ...], allowed: Sequence[str]) -> None:
+        for name in self.table(*key):
+            if name not in allowed:
+                hint = difflib.get_close_matches(name, allowed, n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(allowed)}"
+                raise self.error((*key, name), f"unknown key{more}")
+
+    def get(self, key: tuple[str, ...], kind: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self.table(*key[:-1]).get(key[-1], default)
+        if value is None:
+            return default
+        if isinstance(value, bool) and kind in (int, float):
+            raise self.error(key, f"expected {_kind_name(kind)}, found {_show(value)}")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_kind_name(kind)}, found {_show(value)}")
+        return value
+
+    def names(self, key: tuple[str, ...], required: bool = False) -> tuple[str, ...]:
+        value = self.get(key, list, None)
+        if value is None:
+            if required:
+                raise self.error(key, "missing: list the step scripts, in the order they run")
+            return ()
+        for item in value:
+            if not isinstance(item, str) or not _NAME.fullmatch(item):
+                raise self.error(key, f"{_show(item)} is not a valid name (letters, digits, _)")
+        if len(set(value)) != len(value):
+            raise self.error(key, f"a name is listed twice in {value!r}")
+        return tuple(value)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}  # fmt: skip
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"the list {value!r}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def load_config(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> Config:
+    """Read, merge and validate a workspace's configuration."""
+    files = config_files(source)
+    data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], Path] = {}
+    for path in files:
+        _merge(data, _parse(path), path, origins)
+    return _validate(_Reader(data, origins, files[0]), files)
+
+
+def _validate(r: _Reader, files: list[Path]) -> Config:
+    root = files[0].parent
+    for name, value in r.data.items():
+        if name in KNOWN_TABLES:
+            if not isinstance(value, dict):
+                raise r.error((name,), f"expected a table, found {_show(value)}")
+        elif hint := difflib.get_close_matches(name, KNOWN_TABLES, n=1, cutoff=0.75):
+            raise r.error((name,), f"unknown table (did you mean [{hint[0]}]?)")
+
+    r.check_keys(("records",), ("id_pattern",))
+    pattern = r.get(("records", "id_pattern"), str)
+    if pattern is None:
+        raise r.error(("records", "id_pattern"), "missing: give the regex a record ID must match")
+    try:
+        id_regex = re.compile(pattern)
+    except re.error as exc:
+        raise r.error(("records", "id_pattern"), f"invalid regex {pattern!r}: {exc}") from None
+
+    r.check_keys(("path",), ("dataset", "scripts"))
+    dataset = _path(root, r.get(("path", "dataset"), str, "./dataset"))
+    scripts = _path(root, r.get(("path", "scripts"), str, "./scripts"))
+    if not scripts.is_dir():
+        raise r.error(("path", "scripts"), f"scripts folder {scripts} does not exist")
+
+    r.check_keys(("run",), ("mode",))
+    run_mode = r.get(("run", "mode"), str, "main_process")
+    if run_mode not in RUN_MODES:
+        raise r.error(("run", "mode"), f"{run_mode!r} is not one of {', '.join(RUN_MODES)}")
+
+    r.check_keys(("dask",), ("address", "n_workers", "threads_per_worker", "max_in_flight"))
+    dask = DaskSettings(
+        address=r.get(("dask", "address"), str),
+        n_workers=_positive(r, ("dask", "n_workers"), DaskSettings.n_workers),
+        threads_per_worker=_positive(
+            r, ("dask", "threads_per_worker"), DaskSettings.threads_per_worker
+        ),
+        max_in_flight=_positive(r, ("dask", "max_in_flight"), DaskSettings.max_in_flight),
+    )
+
+    r.check_keys(("state",), ("path",))
+    state_dir = _path(root, r.get(("state", "path"), str, str(dataset / ".sinagot")))
+    r.check_keys(("staleness",), ("content_hash", "script_changes"))
+    content_hash = r.get(("staleness", "content_hash"), bool, False)
+    track_scripts = r.get(("staleness", "script_changes"), bool, True)
+    r.check_keys(("workspace",), ("version",))
+    version = r.get(("workspace", "version"), str)
+
+    steps, tasks, modalities = _layout(r, scripts)
+    return Config(
+        files=tuple(files),
+        id_regex=id_regex,
+        dataset=dataset,
+        scripts=scripts,
+        state_dir=state_dir,
+        steps=steps,
+        tasks=tasks,
+        modalities=modalities,
+        run_mode=run_mode,
+        dask=dask,
+        content_hash=content_hash,
+        track_scripts=track_scripts,
+        version=version,
+        daemon=dict(r.table("daemon")),
+        origins=dict(r.origins),
+    )
+
+
+def _path(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else root / path))
+
+
+def _positive(r: _Reader, key: tuple[str, ...], default: int) -> int:
+    value = r.get(key, int, default)
+    if value < 1:
+        raise r.error(key, f"must be at least 1, found {value}")
+    return value
+
+
+def _layout(
+    r: _Reader, scripts: Path
+) -> tuple[tuple[str, ...] | None, dict[str, tuple[str, ...]], dict[str, ModalitySpec]]:
+    has_steps = "steps" in r.data
+    has_scopes = "tasks" in r.data or "modalities" in r.data
+    if has_steps and has_scopes:
+        raise r.error(
+            ("steps",),
+            "use either [steps] (no tasks or modalities) or [tasks] and [modalities], not both",
+        )
+    if not has_scopes:
+        r.check_keys(("steps",), ("scripts",))
+        steps = r.names(("steps", "scripts"), required=True)
+        for name in steps:
+            _require_script(r, ("steps", "scripts"), scripts / f"{name}.py")
+        return steps, {}, {}
+
+    modalities: dict[str, ModalitySpec] = {}
+    for name in r.table("modalities"):
+        key = ("modalities", name)
+        _check_name(r, key, name)
+        r.table(*key)
+        r.check_keys(key, ("scripts", "task_scripts"))
+        modalities[name] = ModalitySpec(r.names((*key, "scripts")), {})
+    if not modalities:
+        raise r.error(("modalities",), "no modality declared")
+
+    tasks: dict[str, tuple[str, ...]] = {}
+    for name in r.table("tasks"):
+        key = ("tasks", name)
+        _check_name(r, key, name)
+        r.table(*key)
+        r.check_keys(key, ("modalities",))
+        mods = r.names((*key, "modalities"), required=False)
+        for mod in mods:
+            if mod not in modalities:
+                raise r.error(
+                    (*key, "modalities"),
+                    f"modality {mod!r} is not declared (declared: {', '.join(modalities)})",
+                )
+        tasks[name] = mods
+    if not tasks:
+        raise r.error(("tasks",), "no task declared")
+    if clash := set(tasks) & set(modalities):
+        raise r.error(("tasks", min(clash)), "a task and a modality cannot share a name")
+
+    for mod, spec in list(modalities.items()):
+        key = ("modalities", mod, "task_scripts")
+        per_task = {}
+        for task in r.table(*key):
+            if task not in tasks:
+                raise r.error((*key, task), f"task {task!r} is not declared in [tasks]")
+            if mod not in tasks[task]:
+                raise r.error((*key, task), f"task {task!r} does not list modality {mod!r}")
+            per_task[task] = r.names((*key, task))
+            if twice := set(per_task[task]) & set(spec.scripts):
+                raise r.error((*key, task), f"{min(twice)!r} is already in the modality's scripts")
+        modalities[mod] = ModalitySpec(spec.scripts, per_task)
+        for name in (*spec.scripts, *(n for names in per_task.values() for n in names)):
+            _require_script(r, ("modalities", mod), scripts / mod / f"{name}.py")
+    return None, tasks, modalities
+
+
+def _check_name(r: _Reader, key: tuple[str, ...], name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise r.error(key, f"{name!r} is not a valid name (a letter, then letters, digits, _)")
+    if name in RESERVED_NAMES:
+        raise r.error(key, f"{name!r} is reserved: it would hide an attribute of the API")
+
+
+def _require_script(r: _Reader, key: tuple[str, ...], path: Path) -> None:
+    if not path.is_file():
+        raise r.error(key, f"script {path} not found")

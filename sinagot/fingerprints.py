@@ -1,0 +1,118 @@
+"""What a file looks like right now: size and mtime, cheaply, for one path or a whole dataset.
+
+A fingerprint is a plain `(size, mtime_ns)` tuple (plus a content hash where asked), so that
+comparing the current state with the recorded one is tuple equality. A folder's fingerprint
+sums its files' sizes and takes their newest mtime, so a recording that is a folder counts
+as changed when any file in it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_module
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
+
+from .patterns import TEMP_PREFIX
+
+Fingerprint: TypeAlias = tuple[int, int]
+"""(size in bytes, mtime in nanoseconds)"""
+
+Lookup: TypeAlias = Callable[[str], Fingerprint | None]
+"""Maps an absolute path to its fingerprint, or None when nothing is there."""
+
+
+def _from_stat(path: str, st: os.stat_result) -> Fingerprint:
+    if stat_module.S_ISDIR(st.st_mode):
+        return folder_fingerprint(path)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def folder_fingerprint(path: str) -> Fingerprint:
+    size, newest = 0, 0
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            size += st.st_size
+            newest = max(newest, st.st_mtime_ns)
+        newest = max(newest, os.stat(folder).st_mtime_ns)
+    return (size, newest)
+
+
+def stat_path(path: str) -> Fingerprint | None:
+    """One path, one stat: for planning a single unit without touching the rest."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return _from_stat(path, st)
+
+
+_FOLDER: Fingerprint = (-1, -1)
+
+
+class DirectoryListing:
+    """Fingerprints for many paths, listing each folder once (os.scandir) and caching it.
+
+    Planning a whole workspace asks about every input and output of every unit; most share
+    a few folders, so one listing per folder replaces a failed `stat` per missing file.
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[str, dict[str, Fingerprint]] = {}
+
+    def __call__(self, path: str) -> Fingerprint | None:
+        folder, name = os.path.split(path)
+        listing = self._folders.get(folder)
+        if listing is None:
+            listing = self._folders[folder] = self._list(folder)
+        found = listing.get(name)
+        if found is _FOLDER:
+            found = listing[name] = folder_fingerprint(path)
+        return found
+
+    @staticmethod
+    def _list(folder: str) -> dict[str, Fingerprint]:
+        out: dict[str, Fingerprint] = {}
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                # A folder is walked only if somebody asks about it.
+                out[entry.name] = (
+                    _FOLDER if stat_module.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+                )
+        return out
+
+
+def content_hash(path: Path | str) -> str:
+    """A file's (or folder's) content digest, for `[staleness] content_hash = true`."""
+    digest = hashlib.blake2b(digest_size=16)
+    path = str(path)
+    if os.path.isdir(path):
+        for folder, dirs, files in sorted(os.walk(path)):
+            dirs.sort()
+            for name in sorted(files):
+                digest.update(os.path.relpath(os.path.join(folder, name), path).encode())
+                with open(os.path.join(folder, name), "rb") as fh:
+                    for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        digest.update(block)
+    else:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,136 @@
+"""User scripts: the `ScriptTemplate` base class and the one importer that loads them.
+
+Patterns are read from the script's source without running it whenever they are literals,
+so loading a workspace (or `sinagot status`) never imports pandas or whatever a script uses.
+A script is executed fresh from its file for every run, so an edit is picked up at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import logging
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import ScriptError
+
+
+@dataclass(frozen=True)
+class ScriptPaths:
+    """What `self.path` holds in a script: its inputs and outputs, as `Path`s or dicts of them."""
+
+    input: Path | dict[str, Path]
+    output: Path | dict[str, Path]
+
+
+class ScriptTemplate:
+    """Base class of every step script: set PATH_IN and PATH_OUT, write `run()`.
+
+    During `run()`, `self.path.output` points at temporary files beside the real outputs;
+    sinagot renames them into place only when `run()` returns, so a failed or killed run
+    never leaves a file that could be taken for a finished result.
+    """
+
+    PATH_IN: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]]] = ()
+    PATH_OUT: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]]] = ()
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        task: str | None,
+        modality: str | None,
+        path: ScriptPaths,
+        logger: logging.Logger,
+        opts: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.task = task
+        self.modality = modality
+        self.path = path
+        self.logger = logger
+        self.opts = dict(opts or {})
+
+    def run(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.run() is not written")
+
+
+@dataclass(frozen=True)
+class LoadedScript:
+    """A script's class with the exact bytes it was built from (their hash is its version)."""
+
+    cls: type[ScriptTemplate]
+    code_hash: str
+
+
+def code_hash(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ScriptError(f"{path}: script not found") from None
+    except OSError as exc:
+        raise ScriptError(f"{path}: cannot read script: {exc.strerror}") from None
+
+
+def load_script(path: Path) -> LoadedScript:
+    """Execute a script file in a fresh module and return its `Script` class."""
+    source = _read(path)
+    name = f"sinagot_script_{code_hash(str(path).encode())}"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    try:
+        code = compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise ScriptError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
+    # Registered so that dataclasses, pickle and friends can find the module while it runs.
+    sys.modules[name] = module
+    exec(code, module.__dict__)
+    cls = module.__dict__.get("Script")
+    if not (isinstance(cls, type) and issubclass(cls, ScriptTemplate)):
+        raise ScriptError(f"{path}: no class `Script(ScriptTemplate)` found")
+    return LoadedScript(cls, code_hash(source))
+
+
+def read_patterns(path: Path) -> tuple[object, object]:
+    """PATH_IN and PATH_OUT of a script, from its source when they are literals.
+
+    Falls back to executing the script when they are computed or inherited.
+    """
+    source = _read(path)
+    try:
+        tree = ast.parse(source, str(path))
+    except SyntaxError as exc:
+        raise ScriptError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Script":
+            for stmt in node.body:
+                targets = (
+                    stmt.targets
+                    if isinstance(stmt, ast.Assign)
+                    else [stmt.target]
+                    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
+                    else []
+                )
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id in ("PATH_IN", "PATH_OUT"):
+                        with contextlib.suppress(ValueError):
+                            found[target.id] = ast.literal_eval(stmt.value)  # type: ignore[arg-type]
+    if len(found) == 2:
+        return found["PATH_IN"], found["PATH_OUT"]
+    try:
+        cls = load_script(path).cls
+    except ScriptError:
+        raise
+    except Exception as exc:  # the user's module raised while importing
+        raise ScriptError(f"{path}: importing the script raised {exc!r}") from None
+    return cls.PATH_IN, cls.PATH_OUT

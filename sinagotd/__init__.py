@@ -1,0 +1,1 @@
+"""sinagotd: the daemon that keeps a workspace processed (see `sinagotd --help`)."""
