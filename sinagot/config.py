@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from .errors import ConfigError
+from .patterns import embeddable
 
 DEFAULT_FILE = "workspace.toml"
 RUN_MODES = ("main_process", "dask")
@@ -26,10 +28,13 @@ KNOWN_TABLES = (
     "workspace", "records", "steps", "path", "run", "dask", "tasks", "modalities",
     "state", "staleness", "daemon",
 )  # fmt: skip
-#: Names a task or modality cannot take: they would hide an attribute of the model.
+#: Names a task or modality cannot take: they would hide an attribute of the model
+#: (tests/test_config.py checks this list against the real objects).
 RESERVED_NAMES = frozenset(
-    {"records", "steps", "logs", "get", "first", "all", "head", "ids", "iter_ids", "count",
-     "has", "status", "run", "close", "id", "task", "modality", "scope", "config"}
+    {"all", "check_id", "close", "config", "count", "dataset", "execute", "executor", "first",
+     "get", "has", "head", "id", "ids", "ingest_receipts", "iter_ids", "job", "layout", "lock",
+     "logs", "modality", "plan", "receipts", "record", "records", "run", "scope", "status",
+     "steps", "store", "task", "units", "verbose", "writing"}
 )  # fmt: skip
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -113,11 +118,27 @@ def _parse(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
     try:
         return tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
+    except tomlkit.exceptions.TOMLKitError as exc:
+        raise ConfigError(f"{path}{_syntax_error(text, exc)}") from None
+
+
+def _syntax_error(text: str, exc: Exception) -> str:
+    """', line L, column C: invalid TOML: what' with 1-based columns, as editors count.
+
+    tomlkit reports some mistakes (a key defined twice) without a position, and counts
+    columns from 0; the standard library's parser locates them all.
+    """
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as std:
+        message = str(std)
+        if m := re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", message):
+            return f", line {m.group(2)}, column {m.group(3)}: invalid TOML: {m.group(1)}"
+        return f": invalid TOML: {message}"
+    if isinstance(exc, tomlkit.exceptions.ParseError):
         message = str(exc).split(" at line ")[0]
-        raise ConfigError(
-            f"{path}, line {exc.line}, column {exc.col}: invalid TOML: {message}"
-        ) from None
+        return f", line {exc.line}, column {exc.col + 1}: invalid TOML: {message}"
+    return f": invalid TOML: {exc}"
 
 
 def _merge(
@@ -244,6 +265,14 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         id_regex = re.compile(pattern)
     except re.error as exc:
         raise r.error(("records", "id_pattern"), f"invalid regex {pattern!r}: {exc}") from None
+    try:  # it is embedded in each path pattern's regex: it must still compile there
+        re.compile(f"(?P<id>{embeddable(pattern)})(?P<task>x)")
+    except re.error as exc:
+        raise r.error(
+            ("records", "id_pattern"),
+            f"{pattern!r} cannot be used inside a path pattern ({exc}); "
+            "avoid groups named id or task",
+        ) from None
 
     r.check_keys(("path",), ("dataset", "scripts"))
     dataset = _path(root, r.get(("path", "dataset"), str, "./dataset"))

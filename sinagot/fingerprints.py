@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as stat_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -21,7 +21,7 @@ Fingerprint: TypeAlias = tuple[int, int]
 """(size in bytes, mtime in nanoseconds)"""
 
 Lookup: TypeAlias = Callable[[str], Fingerprint | None]
-"""Maps an absolute path to its fingerprint, or None when nothing is there."""
+"""Maps a dataset-relative path ('raw/REC-1-raw.csv') to its fingerprint, or None."""
 
 
 def _from_stat(path: str, st: os.stat_result) -> Fingerprint:
@@ -48,7 +48,7 @@ def folder_fingerprint(path: str) -> Fingerprint:
 
 
 def stat_path(path: str) -> Fingerprint | None:
-    """One path, one stat: for planning a single unit without touching the rest."""
+    """One path, one stat."""
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -56,27 +56,40 @@ def stat_path(path: str) -> Fingerprint | None:
     return _from_stat(path, st)
 
 
+class DirectStat:
+    """Fingerprints of dataset-relative paths, one stat each: for planning a few units
+    without touching the rest of the dataset."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+
+    def __call__(self, relative: str) -> Fingerprint | None:
+        return stat_path(f"{self._root}/{relative}")
+
+
 _FOLDER: Fingerprint = (-1, -1)
 
 
 class DirectoryListing:
-    """Fingerprints for many paths, listing each folder once (os.scandir) and caching it.
+    """Fingerprints of dataset-relative paths, listing each folder once and caching it.
 
     Planning a whole workspace asks about every input and output of every unit; most share
-    a few folders, so one listing per folder replaces a failed `stat` per missing file.
+    a few folders, so one `os.scandir` per folder replaces a `stat` (often a failing one)
+    per path.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: str) -> None:
+        self._root = root
         self._folders: dict[str, dict[str, Fingerprint]] = {}
 
-    def __call__(self, path: str) -> Fingerprint | None:
-        folder, name = os.path.split(path)
+    def __call__(self, relative: str) -> Fingerprint | None:
+        folder, _, name = relative.rpartition("/")
         listing = self._folders.get(folder)
         if listing is None:
-            listing = self._folders[folder] = self._list(folder)
+            listing = self._folders[folder] = self._list(f"{self._root}/{folder}")
         found = listing.get(name)
         if found is _FOLDER:
-            found = listing[name] = folder_fingerprint(path)
+            found = listing[name] = folder_fingerprint(f"{self._root}/{relative}")
         return found
 
     @staticmethod
@@ -116,3 +129,24 @@ def content_hash(path: Path | str) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def encode_fingerprints(paths: Sequence[str], fingerprints: Sequence[Fingerprint | None]) -> str:
+    """A canonical text for 'these paths had these fingerprints': compared as a string."""
+    if len(paths) == 1:  # the common case, without a generator
+        fp = fingerprints[0]
+        return f"{paths[0]}\t{fp[0]}\t{fp[1]}" if fp else f"{paths[0]}\t-\t-"
+    return "\n".join(
+        f"{rel}\t{fp[0]}\t{fp[1]}" if fp else f"{rel}\t-\t-"
+        for rel, fp in zip(paths, fingerprints, strict=True)
+    )
+
+
+def decode_fingerprints(text: str | None) -> dict[str, Fingerprint]:
+    out: dict[str, Fingerprint] = {}
+    for line in (text or "").split("\n"):
+        rel, _, rest = line.partition("\t")
+        size, _, mtime = rest.partition("\t")
+        if rel and size != "-":
+            out[rel] = (int(size), int(mtime))
+    return out

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import Config
 from .errors import ConfigError, ScriptError
@@ -30,9 +31,11 @@ class Scope:
         return self.task is None and self.modality is None
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """One (record, task, modality): the thing whose steps run in order."""
+class Unit(NamedTuple):
+    """One (record, task, modality): the thing whose steps run in order.
+
+    A NamedTuple rather than a dataclass: planning builds one per unit, 100,000 at a time.
+    """
 
     record_id: str
     task: str | None = None
@@ -64,6 +67,8 @@ class Patterns:
         return tuple(p for _, p in self.items)
 
     def relative(self, record_id: str, task: str | None) -> tuple[str, ...]:
+        if self.single:
+            return (self.items[0][1].relative(record_id, task),)
         return tuple(p.relative(record_id, task) for _, p in self.items)
 
     def shape(self, paths: tuple[Path, ...]) -> Path | dict[str, Path]:
@@ -82,6 +87,11 @@ class StepSpec:
     script: Path
     inputs: Patterns
     outputs: Patterns
+
+    @property
+    def script_key(self) -> str:
+        """The script's path as a string: the key of its code hash."""
+        return str(self.script)
 
 
 class Layout:

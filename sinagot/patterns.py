@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RecordIdError
@@ -38,6 +38,28 @@ def check_record_id(record_id: object, id_regex: re.Pattern[str]) -> str:
     return record_id
 
 
+_LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def embeddable(id_pattern: str) -> str:
+    """`id_pattern` rewritten to sit inside a larger regex with the same meaning.
+
+    IDs are always matched whole, so anchors go; leading global flags such as `(?i)` become
+    a scoped group `(?i:...)`, since Python refuses global flags mid-expression.
+    """
+    flags = ""
+    while m := _LEADING_FLAGS.match(id_pattern):
+        flags += m.group(1)
+        id_pattern = id_pattern[m.end() :]
+    for anchor in ("^", "\\A"):
+        if id_pattern.startswith(anchor):
+            id_pattern = id_pattern[len(anchor) :]
+    for anchor in ("$", "\\Z", "\\z"):
+        if id_pattern.endswith(anchor) and not id_pattern.endswith("\\" + anchor):
+            id_pattern = id_pattern[: -len(anchor)]
+    return f"(?{flags}:{id_pattern})" if flags else f"(?:{id_pattern})"
+
+
 def _split_part(part: str) -> list[str]:
     """Split one part into literal text and field names, validating the placeholders."""
     pieces: list[str] = []
@@ -60,6 +82,12 @@ class PathPattern:
     """One path, relative to the dataset folder, as a tuple of parts."""
 
     parts: tuple[str, ...]
+    template: str = field(init=False, repr=False, compare=False)
+    has_task: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "template", "/".join(self.parts))
+        object.__setattr__(self, "has_task", "{task}" in self.template)
 
     @classmethod
     def parse(cls, value: object) -> PathPattern:
@@ -72,6 +100,8 @@ class PathPattern:
         for item in value:
             if not isinstance(item, str):
                 raise ValueError(f"path part {item!r} is not a string")
+            if item.startswith(("/", "\\")) or Path(item).is_absolute():
+                raise ValueError(f"{tuple(value)!r} is absolute; paths are relative to the dataset")
             for part in item.replace("\\", "/").split("/"):
                 if part in ("", "."):
                     continue
@@ -94,8 +124,8 @@ class PathPattern:
 
     def relative(self, record_id: str, task: str | None) -> str:
         """The concrete path, relative to the dataset folder, with '/' separators."""
-        text = "/".join(self.parts).replace("{id}", record_id)
-        if "{task}" in text:
+        text = self.template.replace("{id}", record_id)
+        if self.has_task:
             if task is None:
                 raise ValueError(f"pattern {self} needs a task, and this unit has none")
             text = text.replace("{task}", task)
@@ -129,7 +159,7 @@ class PathPattern:
                         out.append(f"(?P={name})")
                     else:
                         seen.add(name)
-                        body = id_regex.pattern if name == "id" else task_alt
+                        body = embeddable(id_regex.pattern) if name == "id" else task_alt
                         out.append(f"(?P<{name}>{body})")
                 else:
                     out.append(re.escape(piece))
@@ -167,6 +197,8 @@ class Matcher:
         names = relative.split("/")
         if len(names) != len(self._parts):
             return None
+        if any(name.startswith(TEMP_PREFIX) for name in names):
+            return None  # a step's output on its way in, not data
         bound: dict[str, str] = {}
         for name, part in zip(names, self._parts, strict=True):
             if isinstance(part, str):

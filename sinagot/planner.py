@@ -1,46 +1,49 @@
 """Staleness: which steps of a unit must run, and why. One pure function, `plan_unit`.
 
-It takes the unit, its ordered steps, a way to look up current fingerprints and what the
-state store remembers of each step's last run, and returns a `StepPlan` per step, each with
-its status and its reasons in words a person understands. The library, the CLI and the
-daemon all decide through it.
+It takes a unit, its ordered steps and a `PlanContext` (current fingerprints, what the
+state store remembers, current script hashes) and returns a `StepPlan` per step with its
+status and its reasons, in words a person understands. The library, the CLI and the daemon
+all decide through it. The rules, in order (DESIGN.md §6):
+
+1. an output is missing;
+2. the last run did not finish (killed, crashed);
+3. an input is newer than an output (make's rule; the only one for outputs sinagot did not
+   produce itself, so a dataset processed before sinagot is adopted, not redone);
+4. an input differs from what the last run read (size or mtime; content when hashing);
+5. the script's code differs from the last run's (`[staleness] script_changes`);
+6. an earlier step of the unit will rewrite one of its inputs.
+
+A step whose last run failed stays failed (ERROR) until its inputs or its script change.
 """
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
+from typing import NamedTuple
 
-from .fingerprints import Fingerprint, Lookup
+from .fingerprints import Fingerprint, Lookup, encode_fingerprints
 from .layout import StepSpec, Unit
+from .state import RunRecord, run_key, settled_signature
 from .status import StepStatus
 
 
-class RunState(StrEnum):
-    STARTED = "started"
-    DONE = "done"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True, slots=True)
-class RunRecord:
-    """What the state store remembers of a step's last run for one unit."""
+class PlanContext:
+    """What planning reads: the world as it is, and as the state store remembers it."""
 
-    state: RunState
-    inputs: Mapping[str, Fingerprint] = field(default_factory=dict)
-    outputs: Mapping[str, Fingerprint] = field(default_factory=dict)
-    code_hash: str | None = None
-    error: str | None = None
-    started: float | None = None
-    finished: float | None = None
-    input_hashes: Mapping[str, str] = field(default_factory=dict)
+    lookup: Lookup  # dataset-relative path -> fingerprint, or None when missing
+    runs: Mapping[str, RunRecord]  # by state.run_key
+    code_hashes: Mapping[str, str] | None = None  # script path -> hash; None: not tracked
+    hasher: Callable[[str], str] | None = None  # content hash of a relative path, if asked
+    live_writer: bool = False  # another live process is running the submitted steps
+    force: bool = False
+    only: str | None = None  # run just this step
 
 
-@dataclass(frozen=True, slots=True)
-class StepPlan:
-    """The decision for one step of one unit."""
+class StepPlan(NamedTuple):
+    """The decision for one step of one unit (a NamedTuple: built by the hundred thousand)."""
 
     unit: Unit
     step: StepSpec
@@ -51,42 +54,27 @@ class StepPlan:
     inputs: tuple[str, ...]  # dataset-relative paths
     outputs: tuple[str, ...]
 
-    @property
-    def stale(self) -> bool:
-        return self.run
 
-
-def plan_unit(
-    unit: Unit,
-    steps: Sequence[StepSpec],
-    dataset: str,
-    lookup: Lookup,
-    runs: Mapping[str, RunRecord],
-    code_hashes: Mapping[str, str] | None = None,
-    *,
-    force: bool = False,
-    only: str | None = None,
-    hasher: Callable[[str], str] | None = None,
-) -> list[StepPlan]:
-    """Plan one unit's steps in order.
-
-    `runs` maps step name to its last run; `code_hashes` maps script path to the hash of its
-    current code (None: script changes are not tracked); `hasher` gives a content hash of a
-    dataset-relative path when content hashing is on; `only` restricts running to one step.
-    """
+def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[StepPlan]:
+    """Plan one unit's steps, in order."""
     plans: list[StepPlan] = []
     will_write: dict[str, str] = {}  # output path -> earlier step that will (re)write it
     made_in_unit: dict[str, str] = {}  # output path -> earlier step that makes it
+    runs, only = ctx.runs, ctx.only
     for index, step in enumerate(steps):
         ins = step.inputs.relative(unit.record_id, unit.task)
         outs = step.outputs.relative(unit.record_id, unit.task)
-        in_fps = [lookup(os.path.join(dataset, rel)) for rel in ins]
-        status, reasons, run = _decide(
-            step, ins, outs, in_fps, dataset, lookup, runs.get(step.name),
-            code_hashes, will_write, made_in_unit, force, hasher,
-        )  # fmt: skip
-        if only is not None and step.name != only:
-            run = False
+        last = runs.get(run_key(unit, step.name))
+        if not will_write and _up_to_date(step, ins, outs, last, ctx):
+            plans.append(StepPlan(unit, step, index, StepStatus.DONE, (), False, ins, outs))
+            if len(steps) > 1:
+                made_in_unit.update(dict.fromkeys(outs, step.name))
+            continue
+        status, reasons = _status(step, ins, outs, last, ctx, will_write, made_in_unit)
+        run = (
+            status in (StepStatus.DATA_READY, StepStatus.STALE)
+            or (status is StepStatus.INIT and any(rel in will_write for rel in ins))
+        ) and (only is None or only == step.name)
         if run:
             will_write.update(dict.fromkeys(outs, step.name))
         made_in_unit.update(dict.fromkeys(outs, step.name))
@@ -94,80 +82,134 @@ def plan_unit(
     return plans
 
 
-def _decide(
+def settled(
+    unit: Unit,
+    steps: Sequence[StepSpec],
+    signatures: Mapping[str, str],
+    lookup: Lookup,
+    code_hashes: Mapping[str, str] | None,
+) -> bool:
+    """True when every step of the unit is up to date, decided with one string comparison
+    per step against `StateStore.read_settled`: the fast path for planning a whole workspace.
+
+    It errs only towards False; `plan_unit` then decides, with reasons.
+    """
+    record_id, task = unit.record_id, unit.task
+    prefix = run_key(unit, "")
+    for step in steps:
+        sig = signatures.get(prefix + step.name)
+        if sig is None:
+            return False
+        ins = step.inputs.relative(record_id, task)
+        fps = [lookup(rel) for rel in ins]
+        if None in fps:
+            return False
+        code = None if code_hashes is None else code_hashes.get(step.script_key, "")
+        if sig != settled_signature(encode_fingerprints(ins, fps), code):
+            return False
+        for rel in step.outputs.relative(record_id, task):
+            if lookup(rel) is None:
+                return False
+    return True
+
+
+def done_plans(unit: Unit, steps: Sequence[StepSpec]) -> list[StepPlan]:
+    """The plans of a unit `settled` found up to date."""
+    record_id, task = unit.record_id, unit.task
+    plans = []
+    for index, step in enumerate(steps):
+        ins = step.inputs.relative(record_id, task)
+        outs = step.outputs.relative(record_id, task)
+        plans.append(StepPlan(unit, step, index, StepStatus.DONE, (), False, ins, outs))
+    return plans
+
+
+def _up_to_date(
     step: StepSpec,
     ins: tuple[str, ...],
     outs: tuple[str, ...],
-    in_fps: list[Fingerprint | None],
-    dataset: str,
-    lookup: Lookup,
     last: RunRecord | None,
-    code_hashes: Mapping[str, str] | None,
-    will_write: Mapping[str, str],
-    made_in_unit: Mapping[str, str],
-    force: bool,
-    hasher: Callable[[str], str] | None,
-) -> tuple[StepStatus, list[str], bool]:
-    """The status, its reasons, and whether the step runs."""
-    status, reasons = _status(
-        step, ins, outs, in_fps, dataset, lookup, last, code_hashes, will_write,
-        made_in_unit, force, hasher,
-    )  # fmt: skip
-    runs = status in (StepStatus.DATA_READY, StepStatus.STALE) or (
-        status is StepStatus.INIT and any(rel in will_write for rel in ins)
-    )
-    return status, reasons, runs
+    ctx: PlanContext,
+) -> bool:
+    """The common case, decided fast: a finished run, same inputs, same code, outputs there.
+
+    Anything else goes through `_status`, which also finds the reasons.
+    """
+    if last is None or last.state != "done" or last.submitted is not None or ctx.force:
+        return False
+    lookup = ctx.lookup
+    fps = [lookup(rel) for rel in ins]
+    if None in fps or last.inputs != encode_fingerprints(ins, fps):
+        return False
+    for rel in outs:
+        if lookup(rel) is None:
+            return False
+    hashes = ctx.code_hashes
+    return hashes is None or hashes.get(step.script_key) == last.code_hash
 
 
 def _status(
     step: StepSpec,
     ins: tuple[str, ...],
     outs: tuple[str, ...],
-    in_fps: list[Fingerprint | None],
-    dataset: str,
-    lookup: Lookup,
     last: RunRecord | None,
-    code_hashes: Mapping[str, str] | None,
+    ctx: PlanContext,
     will_write: Mapping[str, str],
     made_in_unit: Mapping[str, str],
-    force: bool,
-    hasher: Callable[[str], str] | None,
 ) -> tuple[StepStatus, list[str]]:
-    rewritten = [(rel, will_write[rel]) for rel in ins if rel in will_write]
+    lookup = ctx.lookup
+    in_fps = [lookup(rel) for rel in ins]
+    if last is not None and last.submitted is not None and ctx.live_writer:
+        since = time.strftime("%H:%M:%S", time.localtime(last.submitted))
+        return StepStatus.PROCESSING, [f"queued or running since {since}"]
     missing = [rel for rel, fp in zip(ins, in_fps, strict=True) if fp is None]
-    waiting = [rel for rel in missing if rel in made_in_unit]
-    if rewritten:
-        rel, by = rewritten[0]
-        status = StepStatus.INIT if missing else StepStatus.STALE
-        return status, [f"earlier step {by} will write input {rel}"]
-    if waiting:
-        return StepStatus.INIT, [f"waits for step {made_in_unit[waiting[0]]} to make {waiting[0]}"]
+    if unmade := [rel for rel in missing if rel not in will_write and rel not in made_in_unit]:
+        return StepStatus.DATA_NOT_AVAILABLE, [f"input {rel} is missing" for rel in unmade]
+    for rel in ins:
+        if rel in will_write:
+            status = StepStatus.INIT if missing else StepStatus.STALE
+            return status, [f"earlier step {will_write[rel]} will write input {rel}"]
     if missing:
-        return StepStatus.DATA_NOT_AVAILABLE, [f"input {rel} is missing" for rel in missing]
+        return StepStatus.INIT, [f"waits for step {made_in_unit[missing[0]]} ({missing[0]})"]
 
-    out_fps = [lookup(os.path.join(dataset, rel)) for rel in outs]
+    out_fps = [lookup(rel) for rel in outs]
     if all(fp is None for fp in out_fps):
-        what = "outputs are" if len(outs) > 1 else "output is"
-        reasons = ["forced"] if force else [f"{what} missing ({', '.join(outs)})"]
-        return StepStatus.DATA_READY, reasons
-    if force:
+        if ctx.force:
+            return StepStatus.DATA_READY, ["forced"]
+        if _still_failed(step, ins, in_fps, last, ctx):
+            return StepStatus.ERROR, [f"last run failed: {last.error or 'unknown error'}"]
+        return StepStatus.DATA_READY, [f"output {rel} is missing" for rel in outs]
+    if ctx.force:
         return StepStatus.STALE, ["forced"]
 
+    if _still_failed(step, ins, in_fps, last, ctx):
+        return StepStatus.ERROR, [f"last run failed: {last.error or 'unknown error'}"]
     reasons: list[str] = []
-    if last is not None and last.state is not RunState.DONE:
-        changes = _changes(step, ins, in_fps, last, code_hashes, dataset, hasher)
-        if last.state is RunState.FAILED and not changes:
-            return StepStatus.ERROR, [f"last run failed: {last.error or 'unknown error'}"]
-        if last.state is RunState.STARTED:
-            reasons.append("the last run did not finish")
-        reasons.extend(changes)
+    if last is not None and last.submitted is not None:
+        reasons.append("the last run did not finish")
+    if last is None or last.state is None:
+        reasons.extend(_make_rule(ins, in_fps, outs, out_fps))
+    else:
+        reasons.extend(_changes(step, ins, in_fps, last, ctx))
     reasons.extend(f"output {rel} is missing" for rel, fp in zip(outs, out_fps, strict=True)
                    if fp is None)  # fmt: skip
-    if last is None:
-        reasons.extend(_make_rule(ins, in_fps, outs, out_fps))
-    elif last.state is RunState.DONE:
-        reasons.extend(_changes(step, ins, in_fps, last, code_hashes, dataset, hasher))
     return (StepStatus.STALE if reasons else StepStatus.DONE), reasons
+
+
+def _still_failed(
+    step: StepSpec,
+    ins: Sequence[str],
+    in_fps: Sequence[Fingerprint | None],
+    last: RunRecord | None,
+    ctx: PlanContext,
+) -> bool:
+    """A failed step is not retried until its inputs or its script change."""
+    return (
+        last is not None
+        and last.state == "failed"
+        and last.submitted is None
+        and not _changes(step, ins, in_fps, last, ctx)
+    )
 
 
 def _make_rule(
@@ -178,8 +220,6 @@ def _make_rule(
 ) -> list[str]:
     """make's rule, for outputs sinagot did not produce: is an input newer than an output?"""
     present = [(fp[1], rel) for rel, fp in zip(outs, out_fps, strict=True) if fp is not None]
-    if not present:
-        return []
     oldest_out, out_rel = min(present)
     newest_in, in_rel = max((fp[1], rel) for rel, fp in zip(ins, in_fps, strict=True) if fp)
     if newest_in > oldest_out:
@@ -192,29 +232,30 @@ def _changes(
     ins: Sequence[str],
     in_fps: Sequence[Fingerprint | None],
     last: RunRecord,
-    code_hashes: Mapping[str, str] | None,
-    dataset: str,
-    hasher: Callable[[str], str] | None,
+    ctx: PlanContext,
 ) -> list[str]:
-    """What differs from what the last run read and ran with."""
+    """What differs from what the last run read and ran with (fast path: one string compare)."""
     reasons = []
-    for rel, fp in zip(ins, in_fps, strict=True):
-        old = last.inputs.get(rel)
-        if old is None:
-            reasons.append(f"input {rel} was not read by the last run")
-        elif fp != old:
-            if (
-                hasher is not None
-                and rel in last.input_hashes
-                and (hasher(rel) == last.input_hashes[rel])
-            ):
-                continue  # touched, but the same content
-            reasons.append(f"input {rel} changed since last run ({_describe(old, fp)})")
-    if code_hashes is not None:
-        current = code_hashes.get(str(step.script))
-        if current is not None and last.code_hash is not None and current != last.code_hash:
-            reasons.append(f"script {step.script.name} changed since last run")
+    if last.inputs != encode_fingerprints(ins, in_fps):
+        old = last.input_map()
+        hashes = last.hashes() if ctx.hasher is not None else {}
+        for rel, fp in zip(ins, in_fps, strict=True):
+            before = old.get(rel)
+            if before is None:
+                reasons.append(f"input {rel} was not read by the last run")
+            elif fp != before:
+                if rel in hashes and ctx.hasher is not None and ctx.hasher(rel) == hashes[rel]:
+                    continue  # touched, same content
+                reasons.append(f"input {rel} changed since last run ({_describe(before, fp)})")
+    if ctx.code_hashes is not None and last.code_hash is not None:
+        current = ctx.code_hashes.get(step.script_key)
+        if current is not None and current != last.code_hash:
+            reasons.append(f"script {_script_name(step)} changed since last run")
     return reasons
+
+
+def _script_name(step: StepSpec) -> str:
+    return f"{step.modality}/{step.script.name}" if step.modality else step.script.name
 
 
 def _describe(old: Fingerprint, new: Fingerprint | None) -> str:

@@ -1,32 +1,36 @@
 """Run one step of one unit: load its script, run it with atomic outputs, log, report.
 
-`run_step` is what a Dask worker executes, so it takes and returns plain picklable data
-and never touches the state store: the submitting process records the result.
+`run_step` is what a Dask worker executes, so it takes and returns plain picklable data and
+never touches the state store: the submitting process records the result. So that a result
+is never lost when the submitter dies before hearing of it, the worker also leaves a
+*receipt* (the result as JSON) in the state folder once the outputs are in place; the next
+writer ingests receipts before it plans.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from .fingerprints import Fingerprint, content_hash, stat_path
+from .fingerprints import Fingerprint, content_hash, encode_fingerprints, stat_path
 from .layout import StepSpec, Unit
 from .patterns import TEMP_PREFIX
 from .recordlog import RecordLog
-from .scripts import ScriptPaths, load_script
+from .scripts import ScriptPaths, code_hash, load_script
 from .status import StepStatus
 
 
 class Outcome(StrEnum):
     DONE = "done"
-    FAILED = "failed"  # the script raised, or did not write its outputs
-    NOT_RUN = "not_run"  # the step could not be run: inputs missing, script or folder unusable
+    FAILED = "failed"  # the script is at fault: it raised, did not load, or wrote no output
+    NOT_RUN = "not_run"  # could not run: an input is missing, an output folder not writable
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class StepJob:
     dataset: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    receipts: str | None = None  # folder for receipts; None: leave none
     workspace_version: str | None = None
     hash_inputs: bool = False
     echo: bool = False
@@ -50,15 +55,17 @@ class StepJob:
 
 @dataclass(frozen=True)
 class StepResult:
+    """What became of one run; fingerprints are encoded as the state store keeps them."""
+
     unit: Unit
     step: str
     outcome: Outcome
     started: float
     finished: float
     error: str | None = None  # one line
-    inputs: dict[str, Fingerprint] = field(default_factory=dict)
-    outputs: dict[str, Fingerprint] = field(default_factory=dict)
-    input_hashes: dict[str, str] = field(default_factory=dict)
+    inputs: str = ""
+    outputs: str = ""
+    input_hashes: str | None = None
     code_hash: str | None = None
 
     @property
@@ -66,8 +73,29 @@ class StepResult:
         return self.outcome is Outcome.DONE
 
     @property
+    def state(self) -> str | None:
+        """What the state store records: 'done', 'failed', or None (nothing ran)."""
+        return None if self.outcome is Outcome.NOT_RUN else self.outcome.value
+
+    @property
     def duration(self) -> float:
         return self.finished - self.started
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["unit"] = self.unit._asdict()
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> StepResult:
+        data = json.loads(text)
+        data["unit"] = Unit(**data["unit"])
+        data["outcome"] = Outcome(data["outcome"])
+        return cls(**data)
+
+
+def receipt_name(unit: Unit, step: str) -> str:
+    return f"{unit.key}~{step}.json"
 
 
 def temp_path(final: Path, token: str) -> Path:
@@ -77,6 +105,13 @@ def temp_path(final: Path, token: str) -> Path:
 
 def run_step(job: StepJob) -> StepResult:
     """Run one step. Never raises for a problem of the step itself: it reports it."""
+    result = _run(job)
+    if job.receipts is not None and result.state is not None:
+        _write_receipt(Path(job.receipts), result)
+    return result
+
+
+def _run(job: StepJob) -> StepResult:
     unit, spec = job.unit, job.spec
     log = RecordLog(
         job.dataset, unit.record_id, unit.task, unit.modality, spec.name,
@@ -84,32 +119,38 @@ def run_step(job: StepJob) -> StepResult:
     )  # fmt: skip
     started = time.time()
 
-    def finish(outcome: Outcome, error: str | None = None, **extra) -> StepResult:
+    def finish(outcome: Outcome, error: str | None = None, **extra: str | None) -> StepResult:
         return StepResult(unit, spec.name, outcome, started, time.time(), error, **extra)
 
     log.write(StepStatus.INIT, "Init run")
     dataset = Path(job.dataset)
     in_paths = tuple(dataset / rel for rel in job.inputs)
-    fingerprints: dict[str, Fingerprint] = {}
+    fingerprints: list[Fingerprint] = []
     for rel, path in zip(job.inputs, in_paths, strict=True):
         fp = stat_path(str(path))
         if fp is None:
             message = f"input {rel} is missing"
             log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
             return finish(Outcome.NOT_RUN, message)
-        fingerprints[rel] = fp
+        fingerprints.append(fp)
+    inputs = encode_fingerprints(job.inputs, fingerprints)
     hashes = (
-        {rel: content_hash(p) for rel, p in zip(job.inputs, in_paths, strict=True)}
+        json.dumps({rel: content_hash(p) for rel, p in zip(job.inputs, in_paths, strict=True)})
         if job.hash_inputs
-        else {}
+        else None
     )
 
     try:
         loaded = load_script(spec.script)
     except Exception as exc:
-        error = _one_line(exc)
-        log.write(StepStatus.ERROR, f"Cannot load script: {error}\n{_traceback(exc)}")
-        return finish(Outcome.NOT_RUN, f"cannot load script {spec.script.name}: {error}")
+        error = f"cannot load script {spec.script.name}: {_one_line(exc)}"
+        log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
+        try:
+            current = code_hash(spec.script.read_bytes())
+        except OSError:
+            current = None
+        return finish(Outcome.FAILED, error, inputs=inputs, code_hash=current)
+    ran = {"inputs": inputs, "input_hashes": hashes, "code_hash": loaded.code_hash}
 
     finals = tuple(dataset / rel for rel in job.outputs)
     token = uuid.uuid4().hex[:8]
@@ -122,7 +163,7 @@ def run_step(job: StepJob) -> StepResult:
     except OSError as exc:
         error = _one_line(exc)
         log.write(StepStatus.ERROR, f"Cannot write outputs: {error}")
-        return finish(Outcome.NOT_RUN, error, inputs=fingerprints, code_hash=loaded.code_hash)
+        return finish(Outcome.NOT_RUN, error, **ran)
 
     log.write(StepStatus.PROCESSING, "Processing run")
     try:
@@ -139,20 +180,23 @@ def run_step(job: StepJob) -> StepResult:
             raise RuntimeError(f"the script did not write output {', '.join(unwritten)}")
         for temp, final in zip(temps, finals, strict=True):
             _replace(temp, final)
-    except Exception as exc:
-        _remove(temps)
+    except (Exception, SystemExit) as exc:  # a script's sys.exit() fails its step, no more
         error = _one_line(exc)
         log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
-        return finish(
-            Outcome.FAILED, error, inputs=fingerprints, input_hashes=hashes,
-            code_hash=loaded.code_hash,
-        )  # fmt: skip
-    outputs = {rel: stat_path(str(p)) or (0, 0) for rel, p in zip(job.outputs, finals, strict=True)}
+        return finish(Outcome.FAILED, error, **ran)
+    finally:
+        _remove(temps)  # whatever was not renamed into place, even on KeyboardInterrupt
+    outputs = encode_fingerprints(job.outputs, [stat_path(str(p)) for p in finals])
     log.write(StepStatus.DONE, "Run finished")
-    return finish(
-        Outcome.DONE, inputs=fingerprints, outputs=outputs, input_hashes=hashes,
-        code_hash=loaded.code_hash,
-    )  # fmt: skip
+    return finish(Outcome.DONE, outputs=outputs, **ran)
+
+
+def _write_receipt(folder: Path, result: StepResult) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / receipt_name(result.unit, result.step)
+    temp = temp_path(final, uuid.uuid4().hex[:8])
+    temp.write_text(result.to_json())
+    os.replace(temp, final)
 
 
 def _replace(temp: Path, final: Path) -> None:

@@ -1,23 +1,26 @@
-"""`Workspace`: the entry point. It holds the config and layout and runs plans; cheap to build.
+"""`Workspace`: the entry point. It holds the config and layout, plans and runs; cheap to build.
 
-Nothing is started at construction: the state store, the Dask client and the record list
-are opened or computed when first needed, and released by `close()`.
+Nothing is started at construction: the state store and the executor are opened when first
+needed and released by `close()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .config import Config, load_config
 from .execute import Executor, LocalExecutor, chains_of
-from .fingerprints import DirectoryListing, Lookup, stat_path
+from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import check_record_id
-from .planner import StepPlan, plan_unit
-from .runner import StepJob, StepResult
+from .planner import PlanContext, StepPlan, done_plans, plan_unit, settled
+from .runner import StepJob, StepResult, receipt_name
+from .scripts import code_hash
+from .state import RECEIPTS, RunRecord, StateStore, WriterLock, run_key
 
 #: Planning more units than this lists folders once instead of stat-ing each path.
 _LISTING_THRESHOLD = 64
@@ -39,6 +42,8 @@ class Workspace:
         self.config: Config = load_config(config)
         self.layout = Layout(self.config)
         self.verbose = verbose
+        self.store = StateStore(self.config.state_dir)
+        self.lock = WriterLock(self.config.state_dir)
         self._executor: Executor | None = None
 
     def __repr__(self) -> str:
@@ -56,10 +61,12 @@ class Workspace:
         self.close()
 
     def close(self) -> None:
-        """Release what the workspace opened (executor, cluster, state store)."""
+        """Release what the workspace opened (executor, cluster, state store, lock)."""
         if self._executor is not None:
             self._executor.close()
             self._executor = None
+        self.store.close()
+        self.lock.release()
 
     @property
     def records(self) -> RecordCollection:
@@ -75,6 +82,10 @@ class Workspace:
     def dataset(self) -> Path:
         return self.config.dataset
 
+    @property
+    def receipts(self) -> Path:
+        return self.config.state_dir / RECEIPTS
+
     def check_id(self, record_id: str) -> str:
         return check_record_id(record_id, self.config.id_regex)
 
@@ -85,16 +96,86 @@ class Workspace:
         return [Unit(rid, task, mod) for rid in ids for task, mod in keys]
 
     def plan(
-        self, units: Sequence[Unit], *, force: bool = False, only: str | None = None
+        self,
+        units: Sequence[Unit],
+        *,
+        force: bool = False,
+        only: str | None = None,
+        stale_only: bool = False,
     ) -> list[StepPlan]:
-        """Plan these units: every step of each, with its status and reasons."""
-        lookup: Lookup = DirectoryListing() if len(units) > _LISTING_THRESHOLD else stat_path
+        """Plan these units: every step of each (or only those that run, with `stale_only`),
+        with its status and reasons. Reads only.
+
+        Many units: folders are listed once, and units are first checked against the store's
+        settled signatures; only those that differ are planned rule by rule.
+        """
         dataset = str(self.config.dataset)
-        plans: list[StepPlan] = []
-        for unit in units:
-            steps = self.layout.steps(unit.task, unit.modality)
-            plans.extend(plan_unit(unit, steps, dataset, lookup, {}, force=force, only=only))
-        return plans
+        many = len(units) > _LISTING_THRESHOLD
+        lookup: Lookup = DirectoryListing(dataset) if many else DirectStat(dataset)
+        code_hashes = self._code_hashes() if self.config.track_scripts else None
+        receipts = self._pending_receipts()
+        steps_of = self.layout.steps
+        done: dict[int, list[StepPlan]] = {}
+        pending = list(enumerate(units))
+        if many and not force and not receipts:
+            signatures = self.store.read_settled(with_code=code_hashes is not None)
+            pending = []
+            for position, unit in enumerate(units):
+                steps = steps_of(unit.task, unit.modality)
+                if settled(unit, steps, signatures, lookup, code_hashes):
+                    if not stale_only:
+                        done[position] = done_plans(unit, steps)
+                else:
+                    pending.append((position, unit))
+        if len(pending) > _LISTING_THRESHOLD:
+            runs = self.store.read_all()
+        else:
+            runs = self.store.read_record({unit.record_id for _, unit in pending})
+        runs.update(receipts)
+        ctx = PlanContext(
+            lookup=lookup,
+            runs=runs,
+            code_hashes=code_hashes,
+            hasher=(lambda rel: content_hash(f"{dataset}/{rel}"))
+            if self.config.content_hash
+            else None,
+            live_writer=not self.lock.held and self.lock.holder() is not None,
+            force=force,
+            only=only,
+        )
+        for position, unit in pending:
+            plans = plan_unit(unit, steps_of(unit.task, unit.modality), ctx)
+            done[position] = [p for p in plans if p.run] if stale_only else plans
+        return [plan for position in sorted(done) for plan in done[position]]
+
+    def _code_hashes(self) -> dict[str, str]:
+        hashes = {}
+        for task, modality in self.layout.unit_keys(Scope()):
+            for spec in self.layout.steps(task, modality):
+                if str(spec.script) not in hashes:
+                    with contextlib.suppress(OSError):
+                        hashes[str(spec.script)] = code_hash(spec.script.read_bytes())
+        return hashes
+
+    def _pending_receipts(self) -> dict[str, RunRecord]:
+        """Results that workers reported but no writer recorded yet (its process died)."""
+        out = {}
+        for result in self._read_receipts():
+            out[run_key(result.unit, result.step)] = RunRecord(
+                result.state, result.inputs, result.code_hash, result.error, result.finished,
+                None, result.input_hashes, result.outputs,
+            )  # fmt: skip
+        return out
+
+    def _read_receipts(self) -> Iterator[StepResult]:
+        try:
+            names = os.listdir(self.receipts)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".json") and not name.startswith("."):
+                with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                    yield StepResult.from_json((self.receipts / name).read_text())
 
     def job(self, plan: StepPlan) -> StepJob:
         return StepJob(
@@ -103,15 +184,60 @@ class Workspace:
             dataset=str(self.config.dataset),
             inputs=plan.inputs,
             outputs=plan.outputs,
+            receipts=str(self.receipts),
             workspace_version=self.config.version,
             hash_inputs=self.config.content_hash,
             echo=self.verbose,
         )
 
-    def execute(self, plans: Iterable[StepPlan]) -> list[StepResult]:
-        """Run the steps these plans mark to run, unit by unit, each unit's steps in order."""
+    # -- writing: the holder of the writer lock only ----------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self, what: str = "sinagot") -> Iterator[None]:
+        """Hold the workspace's writer lock (unless already held) and ingest receipts."""
+        if self.lock.held:
+            yield
+            return
+        self.lock.acquire(what)
+        try:
+            self.ingest_receipts()
+            yield
+        finally:
+            self.lock.release()
+
+    def ingest_receipts(self) -> None:
+        """Record results that a writer's workers reported but it never recorded (it died)."""
+        results = list(self._read_receipts())
+        if results:
+            self.store.record(results)
+        for result in results:
+            (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
+
+    def record(self, result: StepResult) -> None:
+        self.store.record([result])
+        (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
+
+    def execute(
+        self,
+        plans: Iterable[StepPlan],
+        on_result: Callable[[StepResult], None] | None = None,
+    ) -> list[StepResult]:
+        """Run the steps these plans mark to run, each unit's steps in order."""
         chains = chains_of(plans, self.job)
-        return self.executor.run(chains, lambda job: None, lambda job, result: None)
+        if not chains:
+            return []
+
+        def recorded(job: StepJob, result: StepResult) -> None:
+            self.record(result)
+            if on_result is not None:
+                on_result(result)
+
+        with self.writing():
+            return self.executor.run(
+                chains,
+                on_start=lambda job: self.store.mark_submitted([(job.unit, job.spec.name)]),
+                on_result=recorded,
+            )
 
     @property
     def executor(self) -> Executor:

@@ -1,0 +1,249 @@
+"""`sinagot`: the command line. Exit codes: 0 ok, 1 a step failed, 2 usage, 78 config error.
+
+Exceptions become exit codes here and only here; a user's mistake prints one clear line,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import scaffold
+from .errors import ConfigError, RecordIdError, SinagotError
+from .layout import Scope
+from .planner import StepPlan
+from .runner import StepResult
+from .status import StepStatus
+from .workspace import Workspace
+
+EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+
+class UsageError(SinagotError):
+    """A command-line argument names something the workspace does not have."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except ConfigError as exc:
+        print(f"sinagot: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except (RecordIdError, UsageError) as exc:
+        print(f"sinagot: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except SinagotError as exc:
+        print(f"sinagot: {exc}", file=sys.stderr)
+        return EX_FAILED
+    except KeyboardInterrupt:
+        print("sinagot: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sinagot", description="Run per-record processing scripts over a dataset."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", help="scaffold a new workspace")
+    init.add_argument("path", type=Path, metavar="PATH")
+    init.set_defaults(command=cmd_init)
+
+    def workspace_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "workspace", nargs="?", default=".", metavar="WORKSPACE",
+            help="workspace folder or .toml file (default: the current folder)",
+        )  # fmt: skip
+
+    def scope_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--record", action="append", metavar="ID", help="only this record")
+        p.add_argument("--task", metavar="T", help="only this task")
+        p.add_argument("--modality", metavar="M", help="only this modality")
+
+    run = sub.add_parser("run", help="run the steps that are due")
+    workspace_arg(run)
+    scope_args(run)
+    run.add_argument("--step", metavar="S", help="only this step")
+    run.add_argument("--force", action="store_true", help="run steps even if up to date")
+    run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    run.set_defaults(command=cmd_run)
+
+    status = sub.add_parser("status", help="where each step of each record stands, and why")
+    workspace_arg(status)
+    scope_args(status)
+    status.add_argument("--stale", action="store_true", help="only the steps that would run")
+    status.add_argument("--json", action="store_true", help="a JSON array, one object a step")
+    status.set_defaults(command=cmd_status)
+
+    logs = sub.add_parser("logs", help="the per-record logs")
+    workspace_arg(logs)
+    logs.add_argument("--record", metavar="ID", help="only this record")
+    logs.add_argument("--step", metavar="S", help="only this step")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.set_defaults(command=cmd_logs)
+    return parser
+
+
+def _select(ws: Workspace, args: argparse.Namespace) -> tuple[Scope, list]:
+    scope = Scope()
+    for name in (args.task, args.modality):
+        if name is not None:
+            try:
+                scope = ws.layout.narrow(scope, name, "workspace")
+            except AttributeError as exc:
+                message = str(exc).replace("has no attribute", "has no task or modality")
+                raise UsageError(message) from None
+    ids = None if not args.record else [ws.check_id(r) for r in args.record]
+    return scope, ws.units(scope, ids)
+
+
+# -- init ---------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = scaffold.create(args.path)
+    print(f"created {config}; add recordings under {args.path / 'dataset' / 'raw'}")
+    return EX_OK
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with Workspace(args.workspace, verbose=False) as ws:
+        scope, units = _select(ws, args)
+        if args.step is not None and args.step not in ws.layout.step_names(scope):
+            names = ", ".join(ws.layout.step_names(scope))
+            print(f"sinagot: no step {args.step!r} here; steps: {names}", file=sys.stderr)
+            return EX_USAGE
+        plans = ws.plan(units, force=args.force, only=args.step, stale_only=True)
+        if args.dry_run:
+            for plan in plans:
+                print(f"would run {_where(plan)}: {'; '.join(plan.reasons)}")
+            print(f"{len(plans)} step(s) would run; nothing was run (--dry-run)")
+            return EX_OK
+        progress = _Progress(len(plans)) if sys.stderr.isatty() else None
+        results = ws.execute(plans, on_result=progress.update if progress else None)
+        if progress:
+            progress.close()
+        return _summary(results, len(plans))
+
+
+def _where(plan: StepPlan) -> str:
+    scope = "/".join(p for p in (plan.unit.task, plan.unit.modality) if p)
+    return f"{plan.unit.record_id}{' ' + scope if scope else ''} {plan.step.name}"
+
+
+def _summary(results: list[StepResult], planned: int) -> int:
+    failed = [r for r in results if r.state == "failed"]
+    blocked = [r for r in results if r.state is None]
+    done = len(results) - len(failed) - len(blocked)
+    for r in failed + blocked:
+        scope = "/".join(p for p in (r.unit.task, r.unit.modality) if p)
+        print(f"FAILED {r.unit.record_id}{' ' + scope if scope else ''} {r.step}: {r.error}")
+    not_run = planned - len(results)
+    print(
+        f"{done} step(s) done, {len(failed) + len(blocked)} failed"
+        + (f", {not_run} not run after a failure" if not_run else "")
+    )
+    return EX_FAILED if failed or blocked else EX_OK
+
+
+class _Progress:
+    """A one-line progress bar on a terminal's stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.count, self.failed = total, 0, 0
+        self._last = 0.0
+
+    def update(self, result: StepResult) -> None:
+        self.count += 1
+        self.failed += not result.ok
+        now = time.monotonic()
+        if now - self._last > 0.1 or self.count == self.total:
+            self._last = now
+            width = 30
+            filled = width * self.count // max(self.total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(f"\r[{bar}] {self.count}/{self.total} ({self.failed} failed)")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Workspace(args.workspace, verbose=False) as ws:
+        _, units = _select(ws, args)
+        plans = ws.plan(units, stale_only=args.stale)
+        if args.json:
+            json.dump([_as_json(p) for p in plans], sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            _print_table(plans, ws)
+    return EX_OK
+
+
+def _as_json(plan: StepPlan) -> dict[str, object]:
+    return {
+        "record_id": plan.unit.record_id,
+        "task": plan.unit.task,
+        "modality": plan.unit.modality,
+        "step": plan.step.name,
+        "status": StepStatus(plan.status).name,
+        "reasons": list(plan.reasons),
+    }
+
+
+def _print_table(plans: list[StepPlan], ws: Workspace) -> None:
+    scoped = ws.config.scoped
+    header = ["RECORD", *(["TASK", "MODALITY"] if scoped else []), "STEP", "STATUS", "WHY"]
+    rows = [
+        [
+            p.unit.record_id,
+            *([p.unit.task or "", p.unit.modality or ""] if scoped else []),
+            p.step.name,
+            StepStatus(p.status).name,
+            "; ".join(p.reasons),
+        ]
+        for p in plans
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header[:-1])]
+    out = sys.stdout
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+    counts: dict[str, int] = {}
+    for p in plans:
+        counts[StepStatus(p.status).name] = counts.get(StepStatus(p.status).name, 0) + 1
+    summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    out.write(f"{len(plans)} step(s){': ' + summary if summary else ''}\n")
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .logview import follow, show
+
+    with Workspace(args.workspace, verbose=False) as ws:
+        record = ws.check_id(args.record) if args.record else None
+        show(ws.dataset, record, args.step)
+        if args.follow:
+            follow(ws.dataset, record, args.step)
+    return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

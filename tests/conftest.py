@@ -1,0 +1,44 @@
+"""Shared fixtures: fresh copies of the bundled example workspaces, one per test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example"
+
+# What running an example in place leaves behind (logs, state, results, caches): never copied,
+# so every test starts from the raw data alone, whatever was run in the source tree.
+_ANYWHERE = shutil.ignore_patterns("__pycache__", ".sinagot-tmp-*")
+_IN_DATASET = shutil.ignore_patterns(
+    "LOG", ".sinagot", "computed", "processed", "clinical", "scores.json"
+)
+
+
+def copy_example(name: str, dest: Path) -> Path:
+    """Copy `example/<name>` (without generated files) to `dest/<name>` and return it."""
+    source = EXAMPLES / name
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(_ANYWHERE(folder, names))
+        if "dataset" in Path(folder).relative_to(source).parts:
+            skipped |= set(_IN_DATASET(folder, names))
+        return skipped
+
+    target = dest / name
+    shutil.copytree(source, target, ignore=ignore)
+    return target
+
+
+@pytest.fixture
+def harbor(tmp_path: Path) -> Path:
+    """A fresh copy of example/harbor (unit mode: three records, steps count and mean)."""
+    return copy_example("harbor", tmp_path)
+
+
+@pytest.fixture
+def eeg(tmp_path: Path) -> Path:
+    """A fresh copy of example/eeg (scoped mode: tasks RS, MMN, HDC; three records)."""
+    return copy_example("eeg", tmp_path)
