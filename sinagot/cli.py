@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--step", metavar="S", help="only this step")
     run.add_argument("--force", action="store_true", help="run steps even if up to date")
     run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    run.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run on this Dask scheduler (default: $SINAGOT_DASK_ADDRESS, then the config)",
+    )  # fmt: skip
     run.set_defaults(command=cmd_run)
 
     status = sub.add_parser("status", help="where each step of each record stands, and why")
@@ -118,7 +122,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    with Workspace(args.workspace, verbose=False) as ws:
+    with Workspace(args.workspace, verbose=False, scheduler=args.scheduler) as ws:
         scope, units = _select(ws, args)
         if args.step is not None and args.step not in ws.layout.step_names(scope):
             names = ", ".join(ws.layout.step_names(scope))

@@ -51,6 +51,7 @@ class DaskSettings:
     n_workers: int = 2
     threads_per_worker: int = 1
     max_in_flight: int = 256
+    dashboard_address: str = ":8787"
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,10 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
     if run_mode not in RUN_MODES:
         raise r.error(("run", "mode"), f"{run_mode!r} is not one of {', '.join(RUN_MODES)}")
 
-    r.check_keys(("dask",), ("address", "n_workers", "threads_per_worker", "max_in_flight"))
+    r.check_keys(
+        ("dask",),
+        ("address", "n_workers", "threads_per_worker", "max_in_flight", "dashboard_address"),
+    )
     dask = DaskSettings(
         address=r.get(("dask", "address"), str),
         n_workers=_positive(r, ("dask", "n_workers"), DaskSettings.n_workers),
@@ -293,6 +297,7 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
             r, ("dask", "threads_per_worker"), DaskSettings.threads_per_worker
         ),
         max_in_flight=_positive(r, ("dask", "max_in_flight"), DaskSettings.max_in_flight),
+        dashboard_address=r.get(("dask", "dashboard_address"), str, DaskSettings.dashboard_address),
     )
 
     r.check_keys(("state",), ("path",))

@@ -1,25 +1,39 @@
-"""Executors: where steps run. Chosen once per workspace, behind one small Protocol."""
+"""Executors: where steps run. Chosen once per workspace, behind one small Protocol.
+
+Both take *chains*: the steps of one unit that must run, in order. A failure ends its own
+chain (the later steps are reported skipped) and never touches the others.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+import contextlib
+import functools
+import hashlib
+import os
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from .planner import StepPlan
-from .runner import StepJob, StepResult, run_step
+from .runner import Outcome, StepJob, StepResult, run_after, run_step
 
-#: Called with each result as it arrives (the state store records it there).
-ResultCallback = Callable[[StepJob, StepResult], None]
-#: Called with each job just before it may start (the state store marks it started there).
-StartCallback = Callable[[StepJob], None]
+if TYPE_CHECKING:
+    from distributed import Future
+
+    from .cluster import Connection
+    from .layout import Unit
+
+Chain = Sequence[StepJob]
+#: Called with a chain just before any of its steps may start (the store marks them then).
+StartCallback = Callable[[Chain], None]
+#: Called with results as they arrive, in batches (the store records them then).
+ResultsCallback = Callable[[Sequence[tuple[StepJob, StepResult]]], None]
 
 
 class Executor(Protocol):
     def run(
-        self,
-        chains: Iterable[Sequence[StepJob]],
-        on_start: StartCallback,
-        on_result: ResultCallback,
+        self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         """Run each chain's jobs in order; a failure ends its chain, never the others."""
         ...
@@ -31,30 +45,131 @@ class LocalExecutor:
     """Runs steps one after the other in the calling process."""
 
     def run(
-        self,
-        chains: Iterable[Sequence[StepJob]],
-        on_start: StartCallback,
-        on_result: ResultCallback,
+        self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         results = []
         for chain in chains:
+            on_start(chain)
+            previous: StepResult | None = None
             for job in chain:
-                on_start(job)
-                result = run_step(job)
-                on_result(job, result)
+                result = run_step(job) if previous is None else run_after(job, previous)
+                on_results([(job, result)])
                 results.append(result)
-                if not result.ok:
-                    break
+                previous = result
         return results
 
     def close(self) -> None:
         pass
 
 
-def chains_of(plans: Iterable[StepPlan], job: Callable[[StepPlan], StepJob]) -> list[list[StepJob]]:
-    """Group the steps that run into one chain per unit, in unit order."""
-    chains: dict[object, list[StepJob]] = {}
-    for plan in plans:
-        if plan.run:
-            chains.setdefault(plan.unit, []).append(job(plan))
-    return list(chains.values())
+def newest_input(chain: Chain) -> int:
+    """The newest mtime (s) among a chain's first inputs: fresh recordings go first."""
+    newest = 0
+    for rel in chain[0].inputs:
+        with contextlib.suppress(OSError):
+            newest = max(newest, int(os.stat(f"{chain[0].dataset}/{rel}").st_mtime))
+    return newest
+
+
+def chain_token(chain: Chain) -> str:
+    """Names this run of a chain: the same inputs give the same Dask keys, so submitting
+    a chain again attaches to the tasks already there instead of running a second copy."""
+    digest = hashlib.blake2b(digest_size=4)
+    for rel in chain[0].inputs:
+        try:
+            st = os.stat(f"{chain[0].dataset}/{rel}")
+            digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+        except OSError:
+            digest.update(f"{rel}:-;".encode())
+    return digest.hexdigest()
+
+
+def task_key(job: StepJob, token: str) -> str:
+    """A deterministic, readable Dask key: 'count-REC-20200601-3f2a9c1d'."""
+    return f"{job.key}-{token}"
+
+
+class DaskExecutor:
+    """Runs chains on a Dask cluster, a bounded number of units at a time, newest first.
+
+    The chain's steps are Dask tasks, step n+1 depending on step n. Results come back to
+    this process, which is the only one to record them.
+    """
+
+    def __init__(self, connect: Callable[[], Connection], max_in_flight: int) -> None:
+        self._connect = connect
+        self._connection: Connection | None = None
+        self.max_in_flight = max_in_flight
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._connect()
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def submit(self, chain: Chain, notify: Callable[[StepJob, Future], None]) -> list[Future]:
+        """Submit one chain; `notify(job, future)` is called (from Dask's thread) as each
+        of its tasks ends. Higher priority for newer inputs."""
+        client = self.connection.client
+        token, priority = chain_token(chain), newest_input(chain)
+        futures: list[Future] = []
+        for job in chain:
+            key = task_key(job, token)
+            if futures:
+                future = client.submit(
+                    run_after, job, futures[-1], key=key, priority=priority, pure=False
+                )
+            else:
+                future = client.submit(run_step, job, key=key, priority=priority, pure=False)
+            future.add_done_callback(functools.partial(notify, job))
+            futures.append(future)
+        return futures
+
+    def run(
+        self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
+    ) -> list[StepResult]:
+        waiting = deque(sorted(chains, key=newest_input, reverse=True))
+        ended: queue.Queue[tuple[StepJob, Future]] = queue.Queue()
+        left: dict[Unit, int] = {}  # unit -> steps not yet reported
+        results: list[StepResult] = []
+
+        def fill() -> None:
+            while waiting and len(left) < self.max_in_flight:
+                chain = waiting.popleft()
+                on_start(chain)
+                left[chain[0].unit] = len(chain)
+                self.submit(chain, lambda job, future: ended.put((job, future)))
+
+        fill()
+        while left:
+            batch = [ended.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 1000:
+                    batch.append(ended.get_nowait())
+            done = []
+            for job, future in batch:
+                done.append((job, result_of(future, job)))
+                future.release()
+                left[job.unit] -= 1
+                if not left[job.unit]:
+                    del left[job.unit]
+            on_results(done)
+            results.extend(result for _, result in done)
+            fill()
+        return results
+
+
+def result_of(future: Future, job: StepJob) -> StepResult:
+    """The step's result, or one that says why the task itself broke (worker died, ...)."""
+    try:
+        return future.result()
+    except Exception as exc:  # KilledWorker, CancelledError (scheduler lost), ...
+        lines = str(exc).strip().splitlines()
+        error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        now = time.time()
+        return StepResult(job.unit, job.spec.name, Outcome.NOT_RUN, now, now, error)

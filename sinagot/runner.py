@@ -31,6 +31,7 @@ class Outcome(StrEnum):
     DONE = "done"
     FAILED = "failed"  # the script is at fault: it raised, did not load, or wrote no output
     NOT_RUN = "not_run"  # could not run: an input is missing, an output folder not writable
+    SKIPPED = "skipped"  # not run because an earlier step of its unit failed
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class StepResult:
     @property
     def state(self) -> str | None:
         """What the state store records: 'done', 'failed', or None (nothing ran)."""
-        return None if self.outcome is Outcome.NOT_RUN else self.outcome.value
+        if self.outcome in (Outcome.DONE, Outcome.FAILED):
+            return self.outcome.value
+        return None
 
     @property
     def duration(self) -> float:
@@ -109,6 +112,18 @@ def run_step(job: StepJob) -> StepResult:
     if job.receipts is not None and result.state is not None:
         _write_receipt(Path(job.receipts), result)
     return result
+
+
+def run_after(job: StepJob, previous: StepResult) -> StepResult:
+    """Run a step once the previous step of its unit is done; skip it if that one was not."""
+    if previous.ok:
+        return run_step(job)
+    now = time.time()
+    return skipped(job, f"not run: earlier step {previous.step} did not succeed", now)
+
+
+def skipped(job: StepJob, reason: str, when: float) -> StepResult:
+    return StepResult(job.unit, job.spec.name, Outcome.SKIPPED, when, when, reason)
 
 
 def _run(job: StepJob) -> StepResult:

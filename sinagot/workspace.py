@@ -11,8 +11,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from .cluster import ENV_ADDRESS, resolve_address
 from .config import Config, load_config
-from .execute import Executor, LocalExecutor, chains_of
+from .execute import DaskExecutor, Executor, LocalExecutor
 from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
@@ -30,7 +31,9 @@ class Workspace:
     """A workspace: a configuration, a dataset folder and a scripts folder.
 
     `Workspace(path)` takes a folder holding `workspace.toml`, a `.toml` file, or a list of
-    files merged in order. `verbose` echoes step log lines to stdout as steps run.
+    files merged in order. `verbose` echoes step log lines to stdout as steps run (main
+    process only). `scheduler`, a Dask scheduler address, runs steps on Dask whatever
+    `[run] mode` says.
     """
 
     def __init__(
@@ -38,8 +41,11 @@ class Workspace:
         config: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         verbose: bool = True,
+        scheduler: str | None = None,
     ) -> None:
         self.config: Config = load_config(config)
+        # A scheduler named by the caller or $SINAGOT_DASK_ADDRESS means Dask, whatever the mode.
+        self._scheduler = scheduler or os.environ.get(ENV_ADDRESS) or None
         self.layout = Layout(self.config)
         self.verbose = verbose
         self.store = StateStore(self.config.state_dir)
@@ -187,7 +193,7 @@ class Workspace:
             receipts=str(self.receipts),
             workspace_version=self.config.version,
             hash_inputs=self.config.content_hash,
-            echo=self.verbose,
+            echo=self.verbose and self.config.run_mode != "dask" and not self._scheduler,
         )
 
     # -- writing: the holder of the writer lock only ----------------------------------------
@@ -213,9 +219,12 @@ class Workspace:
         for result in results:
             (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
 
-    def record(self, result: StepResult) -> None:
-        self.store.record([result])
-        (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
+    def record(self, results: Sequence[StepResult]) -> None:
+        """Record finished steps in the store, then drop their receipts."""
+        self.store.record(results)
+        for result in results:
+            if result.state is not None:
+                (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
 
     def execute(
         self,
@@ -223,24 +232,36 @@ class Workspace:
         on_result: Callable[[StepResult], None] | None = None,
     ) -> list[StepResult]:
         """Run the steps these plans mark to run, each unit's steps in order."""
-        chains = chains_of(plans, self.job)
+        chains: dict[Unit, list[StepJob]] = {}
+        for plan in plans:
+            if plan.run:
+                chains.setdefault(plan.unit, []).append(self.job(plan))
         if not chains:
             return []
 
-        def recorded(job: StepJob, result: StepResult) -> None:
-            self.record(result)
+        def started(chain: Sequence[StepJob]) -> None:
+            self.store.mark_submitted([(job.unit, job.spec.name) for job in chain])
+
+        def finished(items: Sequence[tuple[StepJob, StepResult]]) -> None:
+            self.record([result for _, result in items])
             if on_result is not None:
-                on_result(result)
+                for _, result in items:
+                    on_result(result)
 
         with self.writing():
-            return self.executor.run(
-                chains,
-                on_start=lambda job: self.store.mark_submitted([(job.unit, job.spec.name)]),
-                on_result=recorded,
-            )
+            return self.executor.run(list(chains.values()), started, finished)
 
     @property
     def executor(self) -> Executor:
+        """Where steps run: this process, or Dask (`[run] mode = "dask"` or a scheduler)."""
         if self._executor is None:
-            self._executor = LocalExecutor()
+            if self.config.run_mode == "dask" or self._scheduler:
+                from .cluster import connect
+
+                address = resolve_address(self._scheduler, self.config.dask)
+                self._executor = DaskExecutor(
+                    lambda: connect(address, self.config.dask), self.config.dask.max_in_flight
+                )
+            else:
+                self._executor = LocalExecutor()
         return self._executor

@@ -1,0 +1,458 @@
+"""The daemon's loop: one thread owns all the state.
+
+Watchdog callbacks and Dask completions only put messages on `self.messages`; the loop
+takes them, decides through library calls (plan, record), and submits. Phases, after
+uvicorn: `startup()`, `serve()`, `shutdown()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sinagot import __version__
+from sinagot.cluster import Connection, connect, resolve_address
+from sinagot.errors import ConfigError
+from sinagot.execute import DaskExecutor, newest_input, result_of
+from sinagot.layout import Scope, Unit
+from sinagot.planner import StepPlan
+from sinagot.recordlog import LOG_FOLDER
+from sinagot.runner import Outcome, StepJob, StepResult
+from sinagot.workspace import Workspace
+
+from .sdnotify import Notifier
+from .settings import DaemonSettings, load_settings
+from .settle import Settler
+from .watcher import PathChanged, Watcher, WatchError
+
+TICK = 0.1  # seconds: how often the loop looks at timers when nothing arrives
+
+
+@dataclass(frozen=True)
+class StepEnded:
+    flight: int
+    job: StepJob
+    future: object
+
+
+@dataclass
+class Flight:
+    """One unit's chain on the cluster."""
+
+    id: int
+    jobs: list[StepJob]
+    left: int
+    blocked: bool = False  # a step could not run (not the script's fault): retry later
+    lost: bool = False  # the cluster lost it: resubmit
+
+
+@dataclass
+class Options:
+    workspace: str | list[str]
+    scheduler: str | None = None
+    once: bool = False
+    log_format: str | None = None
+    settle_seconds: float | None = None
+
+
+@dataclass
+class Daemon:
+    options: Options
+    log: object
+    notifier: Notifier = field(default_factory=Notifier)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.messages: queue.Queue = queue.Queue()
+        self.in_flight: dict[Unit, Flight] = {}
+        self.waiting: list[tuple[float, int, Unit]] = []  # heap: (-priority, seq, unit)
+        self.waiting_plans: dict[Unit, list[StepPlan]] = {}
+        self.dirty: set[Unit] = set()
+        self.retry_at: dict[Unit, tuple[float, float]] = {}  # unit -> (when, backoff)
+        self.failed_steps = 0
+        self.stops = 0
+        self.reload_requested = False
+        self._ids = itertools.count()
+        self._idle = False
+        self._reconnect_at: float | None = None
+        self._reconnect_backoff = 1.0
+        self.watcher: Watcher | None = None
+        self.connection: Connection | None = None
+
+    # -- startup ------------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        """Config, state store and lock, cluster, first scan, observer. Raises ConfigError."""
+        started = self.clock()
+        self.ws = Workspace(self.options.workspace, verbose=False)
+        self.settings = self._settings(self.ws)
+        self.ws.lock.acquire("sinagotd")
+        self.ws.ingest_receipts()
+        self.executor = self._executor(self.ws)
+        self.connection = self.executor.connection
+        self.log.info(
+            "daemon.started",
+            workspace=str(self.ws.config.files[0]),
+            version=__version__,
+            scheduler=self.connection.scheduler,
+            dashboard=self.connection.dashboard,
+            observer=self.settings.observer,
+            settle_seconds=self.settings.settle_seconds,
+        )
+        self.units_settle: Settler[Unit] = Settler(self.settings.settle_seconds)
+        self.scripts_settle: Settler[Path] = Settler(self.settings.settle_seconds)
+        self.config_settle: Settler[Path] = Settler(self.settings.settle_seconds)
+        if not self.options.once:
+            self.watcher = self._watcher()
+            self.watcher.start()
+        units, stale = self.reconcile()
+        self.log.info(
+            "daemon.ready", units=units, stale_units=stale,
+            duration_s=round(self.clock() - started, 3),
+        )  # fmt: skip
+        self.notifier.ready()
+        self._next_rescan = self.clock() + self.settings.rescan_seconds
+        self._next_ping = self.clock()
+
+    def _settings(self, ws: Workspace) -> DaemonSettings:
+        return load_settings(
+            ws.config,
+            settle_seconds=self.options.settle_seconds,
+            log_format=self.options.log_format,
+        )
+
+    def _executor(self, ws: Workspace) -> DaskExecutor:
+        address = resolve_address(self.options.scheduler, ws.config.dask)
+        return DaskExecutor(lambda: connect(address, ws.config.dask), ws.config.dask.max_in_flight)
+
+    def _watcher(self) -> Watcher:
+        config = self.ws.config
+        folders = [(config.dataset, True), (config.scripts, True)]
+        folders += [(folder, False) for folder in {f.parent for f in config.files}]
+        config.dataset.mkdir(parents=True, exist_ok=True)
+        return Watcher(
+            self.messages, folders, self.settings.observer, self.settings.polling_seconds
+        )
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run until stopped (or, with --once, until everything is done)."""
+        with self._signals():
+            while not self.stops:
+                self._step()
+                if self.options.once and self._is_idle():
+                    break
+            return self.shutdown()
+
+    def _step(self) -> None:
+        try:
+            message = self.messages.get(timeout=TICK)
+        except queue.Empty:
+            message = None
+        ended: list[StepEnded] = []
+        while message is not None:
+            if isinstance(message, StepEnded):
+                ended.append(message)
+            else:
+                self._handle(message)
+            try:
+                message = self.messages.get_nowait()
+            except queue.Empty:
+                message = None
+        if ended:
+            self._ended(ended)
+        self._timers()
+
+    def _handle(self, message: object) -> None:
+        now = self.clock()
+        if isinstance(message, PathChanged):
+            self._path_changed(message.path, now)
+        elif isinstance(message, WatchError):
+            self.log.warning("watch.error", error=message.error)
+            self.reconcile()
+
+    def _path_changed(self, path: str, now: float) -> None:
+        config = self.ws.config
+        if any(name.startswith(".") for name in Path(path).parts[-8:]):
+            return  # hidden: our temporary outputs, rsync's .name.XXXXXX, the state folder
+        if _under(path, config.state_dir) or _under(path, config.dataset / LOG_FOLDER):
+            return
+        if any(path == str(f) for f in config.files):
+            self.config_settle.touch(Path(path), now)
+        elif _under(path, config.scripts):
+            if path.endswith(".py"):
+                self.scripts_settle.touch(Path(path), now)
+        elif _under(path, config.dataset):
+            relative = os.path.relpath(path, config.dataset).replace(os.sep, "/")
+            for unit in self.ws.layout.units_for_path(relative):
+                self.units_settle.touch(unit, now)
+            self._idle = False
+
+    def _timers(self) -> None:
+        now = self.clock()
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload("SIGHUP")
+        if self.config_settle.due(now):
+            self.reload("file change")
+        scripts = self.scripts_settle.due(now)
+        if scripts:
+            keys = {key for script in scripts for key in self.ws.layout.uses_script(script)}
+            ids = list(self.ws.layout.discover(Scope()))
+            self.replan([Unit(r, t, m) for r in ids for t, m in keys])
+        units = self.units_settle.due(now)
+        if units:
+            self.replan(units)
+        for unit, (when, _) in list(self.retry_at.items()):
+            if now >= when and unit not in self.in_flight:
+                self.replan([unit])
+        if self.watcher is not None and not self.watcher.alive():
+            self.log.warning("watch.error", error="the file-system observer stopped; restarting")
+            self.watcher.restart()
+            self.reconcile()
+        if now >= self._next_rescan:
+            self._next_rescan = now + self.settings.rescan_seconds
+            self.reconcile()
+        self._check_cluster(now)
+        if self.notifier.watchdog_interval and now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + self.notifier.watchdog_interval
+        if self._is_idle() and not self._idle:
+            self._idle = True
+            self.log.info("daemon.idle")
+
+    def _is_idle(self) -> bool:
+        return not (
+            self.in_flight or self.waiting_plans or self.dirty or len(self.units_settle)
+            or len(self.scripts_settle) or len(self.config_settle)
+        )  # fmt: skip
+
+    # -- planning and submitting -------------------------------------------------------
+
+    def reconcile(self) -> tuple[int, int]:
+        """Plan every unit not in flight and queue what is stale: events are only hints."""
+        self.ws.ingest_receipts()
+        units = self.ws.units(Scope())
+        free = [u for u in units if u not in self.in_flight]
+        self.dirty.update(u for u in units if u in self.in_flight)
+        stale = self._queue(self.ws.plan(free, stale_only=True))
+        self._fill()
+        return len(units), stale
+
+    def replan(self, units: Sequence[Unit]) -> None:
+        busy = [u for u in units if u in self.in_flight]
+        self.dirty.update(busy)
+        free = [u for u in units if u not in self.in_flight]
+        if free:
+            self._queue(self.ws.plan(free, stale_only=True), replanned=free)
+            self._fill()
+
+    def _queue(self, plans: list[StepPlan], replanned: Sequence[Unit] = ()) -> int:
+        """Queue units with stale steps, newest input first; drop those now up to date."""
+        for unit in replanned:
+            self.waiting_plans.pop(unit, None)
+            self.retry_at.pop(unit, None)
+        by_unit: dict[Unit, list[StepPlan]] = {}
+        for plan in plans:
+            by_unit.setdefault(plan.unit, []).append(plan)
+        for unit, unit_plans in by_unit.items():
+            fresh = unit not in self.waiting_plans
+            self.waiting_plans[unit] = unit_plans
+            if fresh:
+                job = self.ws.job(unit_plans[0])
+                heapq.heappush(self.waiting, (-newest_input([job]), next(self._ids), unit))
+        return len(by_unit)
+
+    def _fill(self) -> None:
+        if self.stops or self._reconnect_at is not None:
+            return
+        limit = self.ws.config.dask.max_in_flight
+        while self.waiting and len(self.in_flight) < limit:
+            _, _, unit = heapq.heappop(self.waiting)
+            plans = self.waiting_plans.pop(unit, None)
+            if plans is not None and unit not in self.in_flight:
+                self._submit(unit, plans)
+
+    def _submit(self, unit: Unit, plans: list[StepPlan]) -> None:
+        jobs = [self.ws.job(plan) for plan in plans]
+        flight = Flight(next(self._ids), jobs, len(jobs))
+        self.ws.store.mark_submitted([(job.unit, job.spec.name) for job in jobs])
+        self.in_flight[unit] = flight
+        self._idle = False
+        for plan in plans:
+            self.log.info("step.submitted", **_where(unit), step=plan.step.name,
+                          reasons=list(plan.reasons))  # fmt: skip
+        ended = self.messages.put
+        self.executor.submit(jobs, lambda job, future: ended(StepEnded(flight.id, job, future)))
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _ended(self, messages: list[StepEnded]) -> None:
+        results: list[StepResult] = []
+        for message in messages:
+            flight = self.in_flight.get(message.job.unit)
+            if flight is None or flight.id != message.flight:
+                continue  # from a flight given up (cluster lost): its unit was resubmitted
+            result = result_of(message.future, message.job)
+            with contextlib.suppress(Exception):
+                message.future.release()
+            if result.outcome is Outcome.NOT_RUN and _lost(result):
+                flight.lost = True
+            else:
+                results.append(result)
+                self._report(result)
+            flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
+            flight.left -= 1
+            if not flight.left:
+                self._landed(message.job.unit, flight)
+        self.ws.record(results)
+        self._fill()
+
+    def _report(self, result: StepResult) -> None:
+        where = {**_where(result.unit), "step": result.step}
+        duration = round(result.duration, 3)
+        if result.ok:
+            self.log.info("step.finished", **where, duration_s=duration)
+        elif result.outcome is Outcome.SKIPPED:
+            self.log.info("step.skipped", **where, reason=result.error)
+        else:
+            self.failed_steps += 1
+            self.log.error("step.failed", **where, error=result.error, duration_s=duration)
+
+    def _landed(self, unit: Unit, flight: Flight) -> None:
+        del self.in_flight[unit]
+        if flight.lost:
+            self.dirty.discard(unit)
+            self.replan([unit])  # the cluster lost it: submit it again
+            return
+        if flight.blocked:
+            _, backoff = self.retry_at.get(unit, (0.0, self.settings.retry_seconds / 2))
+            backoff = min(backoff * 2, 3600.0)
+            self.retry_at[unit] = (self.clock() + backoff, backoff)
+        if unit in self.dirty:
+            self.dirty.discard(unit)
+            self.replan([unit])
+
+    # -- the cluster ------------------------------------------------------------------------
+
+    def _check_cluster(self, now: float) -> None:
+        """A scheduler that went away: the client gives up; make a new one, resubmit."""
+        if self.connection is None:
+            return
+        if self._reconnect_at is None:
+            if self.connection.client.status in ("running", "connecting"):
+                return
+            self.log.warning("cluster.lost", scheduler=self.connection.scheduler,
+                             in_flight=len(self.in_flight))  # fmt: skip
+            self._reconnect_at = now
+            with contextlib.suppress(Exception):
+                self.executor.close()
+        if now < self._reconnect_at:
+            return
+        try:
+            self.connection = self.executor.connection
+        except Exception as exc:
+            self._reconnect_backoff = min(self._reconnect_backoff * 2, 60.0)
+            self._reconnect_at = now + self._reconnect_backoff
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.log.warning("cluster.unreachable", error=error, retry_in_s=self._reconnect_backoff)
+            return
+        self._reconnect_at, self._reconnect_backoff = None, 1.0
+        lost = list(self.in_flight)
+        self.in_flight.clear()
+        self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
+                      resubmitting=len(lost))  # fmt: skip
+        self.ws.ingest_receipts()
+        self.replan(lost)
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def reload(self, why: str) -> None:
+        path = str(self.ws.config.files[0])
+        try:
+            ws = Workspace(self.options.workspace, verbose=False)
+            settings = self._settings(ws)
+        except ConfigError as exc:
+            self.log.error("config.invalid", path=path, error=str(exc), trigger=why)
+            return
+        ws.lock = self.ws.lock  # the lock stays with this process
+        ws.store.close()
+        old, self.ws, self.settings = self.ws, ws, settings
+        old.store.close()
+        self.log.info("config.reloaded", path=path, error=None, trigger=why)
+        self.reconcile()
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self) -> int:
+        """Stop taking work; let running steps finish within the grace period; record."""
+        once = self.options.once and not self.stops
+        if not once:
+            self.log.info("daemon.stopping", in_flight=len(self.in_flight))
+            self.notifier.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
+        deadline = self.clock() + self.settings.stop_grace_seconds
+        first = self.stops
+        while self.in_flight and self.clock() < deadline and self.stops <= max(first, 1):
+            try:
+                message = self.messages.get(timeout=TICK)
+            except queue.Empty:
+                continue
+            if isinstance(message, StepEnded):
+                self._ended([message])
+        left = len(self.in_flight)
+        with contextlib.suppress(Exception):
+            self.executor.close()
+        self.ws.close()
+        if not once:
+            self.log.info("daemon.stopped", in_flight=left)
+        return 1 if once and self.failed_steps else 0
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Handlers only set flags; the loop acts. A second stop signal stops at once."""
+
+        def stop(signum: int, frame: object) -> None:
+            self.stops += 1
+
+        def hup(signum: int, frame: object) -> None:
+            self.reload_requested = True
+
+        previous = {
+            sig: signal.signal(sig, handler)
+            for sig, handler in (
+                (signal.SIGTERM, stop),
+                (signal.SIGINT, stop),
+                (signal.SIGHUP, hup),
+            )
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _where(unit: Unit) -> dict[str, str | None]:
+    return {"record_id": unit.record_id, "task": unit.task, "modality": unit.modality}
+
+
+def _under(path: str, folder: Path) -> bool:
+    folder_s = str(folder)
+    return path == folder_s or path.startswith(folder_s + os.sep)
+
+
+def _lost(result: StepResult) -> bool:
+    """The cluster lost the task (scheduler gone): not the step's fault, not a result."""
+    error = result.error or ""
+    return error.startswith(("CancelledError", "FutureCancelledError", "CommClosedError"))
