@@ -233,6 +233,12 @@ def _print_table(plans: list[StepPlan], ws: Workspace) -> None:
         counts[StepStatus(p.status).name] = counts.get(StepStatus(p.status).name, 0) + 1
     summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
     out.write(f"{len(plans)} step(s){': ' + summary if summary else ''}\n")
+    due = sum(counts.get(name, 0) for name in ("DATA_READY", "STALE"))
+    in_flight = counts.get("PROCESSING", 0)
+    if holder := ws.lock.holder():
+        out.write(f"{holder} is running: {in_flight} in flight, {due} queued\n")
+    elif due:
+        out.write(f"no daemon is running: {due} step(s) wait for `sinagot run` or sinagotd\n")
 
 
 # -- logs ---------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def chain_token(chain: Chain) -> str:
     """Names this run of a chain: the same inputs give the same Dask keys, so submitting
     a chain again attaches to the tasks already there instead of running a second copy."""
     digest = hashlib.blake2b(digest_size=4)
+    digest.update(chain[0].dataset.encode())  # two datasets on one scheduler never share keys
     for rel in chain[0].inputs:
         try:
             st = os.stat(f"{chain[0].dataset}/{rel}")

@@ -161,7 +161,7 @@ def _status(
     in_fps = [lookup(rel) for rel in ins]
     if last is not None and last.submitted is not None and ctx.live_writer:
         since = time.strftime("%H:%M:%S", time.localtime(last.submitted))
-        return StepStatus.PROCESSING, [f"queued or running since {since}"]
+        return StepStatus.PROCESSING, [f"in flight since {since}"]
     missing = [rel for rel, fp in zip(ins, in_fps, strict=True) if fp is None]
     if unmade := [rel for rel in missing if rel not in will_write and rel not in made_in_unit]:
         return StepStatus.DATA_NOT_AVAILABLE, [f"input {rel} is missing" for rel in unmade]
@@ -178,7 +178,10 @@ def _status(
             return StepStatus.DATA_READY, ["forced"]
         if _still_failed(step, ins, in_fps, last, ctx):
             return StepStatus.ERROR, [f"last run failed: {last.error or 'unknown error'}"]
-        return StepStatus.DATA_READY, [f"output {rel} is missing" for rel in outs]
+        reasons = [f"output {rel} is missing" for rel in outs]
+        if last is not None and last.submitted is not None:
+            reasons.insert(0, "the last run did not finish")
+        return StepStatus.DATA_READY, reasons
     if ctx.force:
         return StepStatus.STALE, ["forced"]
 

@@ -101,9 +101,9 @@ def receipt_name(unit: Unit, step: str) -> str:
     return f"{unit.key}~{step}.json"
 
 
-def temp_path(final: Path, token: str) -> Path:
+def temp_path(final: Path, token: str = "") -> Path:
     """Where an output is written before its rename: hidden, same folder, same suffix."""
-    return final.with_name(f"{TEMP_PREFIX}{token}-{final.name}")
+    return final.with_name(f"{TEMP_PREFIX}{token}{'-' if token else ''}{final.name}")
 
 
 def run_step(job: StepJob) -> StepResult:
@@ -168,8 +168,9 @@ def _run(job: StepJob) -> StepResult:
     ran = {"inputs": inputs, "input_hashes": hashes, "code_hash": loaded.code_hash}
 
     finals = tuple(dataset / rel for rel in job.outputs)
-    token = uuid.uuid4().hex[:8]
-    temps = tuple(temp_path(p, token) for p in finals)
+    # One name per output, so that the next run replaces what a killed run left behind.
+    temps = tuple(temp_path(p) for p in finals)
+    _remove(temps)
     try:
         for path in finals:
             path.parent.mkdir(parents=True, exist_ok=True)

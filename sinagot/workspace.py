@@ -21,7 +21,7 @@ from .patterns import check_record_id
 from .planner import PlanContext, StepPlan, done_plans, plan_unit, settled
 from .runner import StepJob, StepResult, receipt_name
 from .scripts import code_hash
-from .state import RECEIPTS, RunRecord, StateStore, WriterLock, run_key
+from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
 
 #: Planning more units than this lists folders once instead of stat-ing each path.
 _LISTING_THRESHOLD = 64
@@ -219,6 +219,19 @@ class Workspace:
         for result in results:
             (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
 
+    def _ingest_if_free(self) -> None:
+        """Record pending receipts if no other writer is at work (it would ingest them)."""
+        if self.lock.held or not any(True for _ in self._read_receipts()):
+            return
+        try:
+            self.lock.acquire("sinagot")
+        except StateError:
+            return
+        try:
+            self.ingest_receipts()
+        finally:
+            self.lock.release()
+
     def record(self, results: Sequence[StepResult]) -> None:
         """Record finished steps in the store, then drop their receipts."""
         self.store.record(results)
@@ -237,6 +250,7 @@ class Workspace:
             if plan.run:
                 chains.setdefault(plan.unit, []).append(self.job(plan))
         if not chains:
+            self._ingest_if_free()
             return []
 
         def started(chain: Sequence[StepJob]) -> None:
