@@ -12,6 +12,7 @@ import hashlib
 import os
 import queue
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -71,17 +72,22 @@ def newest_input(chain: Chain) -> int:
     return newest
 
 
-def chain_token(chain: Chain) -> str:
-    """Names this run of a chain: the same inputs give the same Dask keys, so submitting
-    a chain again attaches to the tasks already there instead of running a second copy."""
+def chain_token(chain: Chain, generation: str = "") -> str:
+    """Names this run of a chain: its dataset, its inputs as they are, its scripts' code,
+    and the submitter's `generation` for it. Submitting the same run again (after losing
+    the scheduler connection, say) gives the same Dask keys and attaches to the tasks
+    already there instead of running a second copy; a new run gets new keys."""
     digest = hashlib.blake2b(digest_size=4)
-    digest.update(chain[0].dataset.encode())  # two datasets on one scheduler never share keys
+    digest.update(f"{chain[0].dataset}\0{generation}\0".encode())
     for rel in chain[0].inputs:
         try:
             st = os.stat(f"{chain[0].dataset}/{rel}")
             digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
         except OSError:
             digest.update(f"{rel}:-;".encode())
+    for job in chain:
+        with contextlib.suppress(OSError):
+            digest.update(job.spec.script.read_bytes())
     return digest.hexdigest()
 
 
@@ -113,11 +119,14 @@ class DaskExecutor:
             self._connection.close()
             self._connection = None
 
-    def submit(self, chain: Chain, notify: Callable[[StepJob, Future], None]) -> list[Future]:
+    def submit(
+        self, chain: Chain, notify: Callable[[StepJob, Future], None], generation: str
+    ) -> list[Future]:
         """Submit one chain; `notify(job, future)` is called (from Dask's thread) as each
-        of its tasks ends. Higher priority for newer inputs."""
+        of its tasks ends. Higher priority for newer inputs. See `chain_token` for
+        `generation`."""
         client = self.connection.client
-        token, priority = chain_token(chain), newest_input(chain)
+        token, priority = chain_token(chain, generation), newest_input(chain)
         futures: list[Future] = []
         for job in chain:
             key = task_key(job, token)
@@ -135,6 +144,7 @@ class DaskExecutor:
         self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         waiting = deque(sorted(chains, key=newest_input, reverse=True))
+        generation = uuid.uuid4().hex[:8]  # every call is a new run
         ended: queue.Queue[tuple[StepJob, Future]] = queue.Queue()
         left: dict[Unit, int] = {}  # unit -> steps not yet reported
         results: list[StepResult] = []
@@ -144,7 +154,7 @@ class DaskExecutor:
                 chain = waiting.popleft()
                 on_start(chain)
                 left[chain[0].unit] = len(chain)
-                self.submit(chain, lambda job, future: ended.put((job, future)))
+                self.submit(chain, lambda job, future: ended.put((job, future)), generation)
 
         fill()
         while left:

@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Flight:
     id: int
     jobs: list[StepJob]
     left: int
+    generation: str  # names this run's Dask keys; kept when resubmitting after a lost cluster
     blocked: bool = False  # a step could not run (not the script's fault): retry later
     lost: bool = False  # the cluster lost it: resubmit
 
@@ -77,6 +79,7 @@ class Daemon:
         self.waiting_plans: dict[Unit, list[StepPlan]] = {}
         self.dirty: set[Unit] = set()
         self.retry_at: dict[Unit, tuple[float, float]] = {}  # unit -> (when, backoff)
+        self.lost_generations: dict[Unit, str] = {}  # in flight when the cluster was lost
         self.failed_steps = 0
         self.stops = 0
         self.reload_requested = False
@@ -284,7 +287,8 @@ class Daemon:
 
     def _submit(self, unit: Unit, plans: list[StepPlan]) -> None:
         jobs = [self.ws.job(plan) for plan in plans]
-        flight = Flight(next(self._ids), jobs, len(jobs))
+        generation = self.lost_generations.pop(unit, None) or uuid.uuid4().hex[:8]
+        flight = Flight(next(self._ids), jobs, len(jobs), generation)
         self.ws.store.mark_submitted([(job.unit, job.spec.name) for job in jobs])
         self.in_flight[unit] = flight
         self._idle = False
@@ -292,7 +296,9 @@ class Daemon:
             self.log.info("step.submitted", **_where(unit), step=plan.step.name,
                           reasons=list(plan.reasons))  # fmt: skip
         ended = self.messages.put
-        self.executor.submit(jobs, lambda job, future: ended(StepEnded(flight.id, job, future)))
+        self.executor.submit(
+            jobs, lambda job, future: ended(StepEnded(flight.id, job, future)), generation
+        )
 
     # -- results ----------------------------------------------------------------------------
 
@@ -368,6 +374,7 @@ class Daemon:
             return
         self._reconnect_at, self._reconnect_backoff = None, 1.0
         lost = list(self.in_flight)
+        self.lost_generations.update({u: f.generation for u, f in self.in_flight.items()})
         self.in_flight.clear()
         self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
                       resubmitting=len(lost))  # fmt: skip

@@ -1,0 +1,407 @@
+"""The `sinagot` command line, run the way a user types it (and in-process via `main`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sinagot import Workspace
+from sinagot.cli import main
+
+HARBOR_IDS = ("REC-20200601", "REC-20200602", "REC-20200603")
+EEG_IDS = ("REC-200331-A", "REC-200331-B", "REC-200401-A")
+JSON_KEYS = {"record_id", "task", "modality", "step", "status", "reasons"}
+BROKEN_PATTERN = '[records]\nid_pattern = "("\n\n[steps]\nscripts = ["count", "mean"]\n'
+
+
+def sinagot_command() -> list[str]:
+    exe = shutil.which("sinagot", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "sinagot"]
+
+
+def sinagot(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `sinagot ARGS...` in a subprocess, as typed in a shell."""
+    env = {k: v for k, v in os.environ.items() if k != "SINAGOT_DASK_ADDRESS"}
+    return subprocess.run(
+        [*sinagot_command(), *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """{relative path: (mtime_ns, inode, bytes)} of every file under a folder."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def init_runs(dataset: Path, record_id: str) -> list[str]:
+    """The steps whose runs started for a record, in log order."""
+    path = dataset / "LOG" / f"{record_id}.log"
+    if not path.exists():
+        return []
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    return [e["step_label"] for e in entries if e["message"] == "Init run"]
+
+
+def status_json(workspace: Path, *args: str) -> list[dict]:
+    done = sinagot("status", workspace, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def summary_line(lines: list[str]) -> int:
+    """Where the status table's summary line ('6 step(s): ...') is."""
+    found = [i for i, line in enumerate(lines) if re.match(r"\d+ step\(s\)", line)]
+    assert len(found) == 1, lines
+    return found[0]
+
+
+def fail_for(script: Path, record_id: str, error: str) -> None:
+    source = script.read_text()
+    marker = "    def run(self):\n"
+    patch = (
+        f"{marker}        if self.id == {record_id!r}:\n            raise ValueError({error!r})\n"
+    )
+    script.write_text(source.replace(marker, patch))
+
+
+# -- init --------------------------------------------------------------------------------
+
+
+def test_init_makes_a_workspace_that_loads_and_runs(tmp_path):
+    path = tmp_path / "lab"
+    done = sinagot("init", path)
+    assert done.returncode == 0, done.stderr
+    assert "workspace.toml" in done.stdout
+    assert (path / "dataset" / "raw").is_dir()
+
+    ws = Workspace(path, verbose=False)
+    assert ws.records.count() == 0
+    steps = ws.steps.scripts_names()
+    assert len(steps) == 1
+    ws.close()
+
+    (path / "dataset" / "raw" / "S01.csv").write_text("a,b\n1,2\n3,4\n")
+    done = sinagot("run", path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 step(s) done, 0 failed" in done.stdout
+    with Workspace(path, verbose=False) as ws:
+        assert ws.records.ids() == ["S01"]
+        status = ws.steps.status()
+        assert list(status["step_status"]) == [30]
+    outputs = [p for p in (path / "dataset").rglob("*S01*") if "raw" not in p.parts]
+    outputs = [p for p in outputs if p.parent.name != "LOG"]
+    assert [p.read_text() for p in outputs] == ["3\n"]
+
+
+def test_init_refuses_an_existing_workspace(harbor):
+    before = snapshot(harbor)
+    done = sinagot("init", harbor)
+    assert done.returncode == 1
+    assert "already exists" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert snapshot(harbor) == before
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+def test_run_in_the_workspace_folder_runs_everything_once(harbor):
+    done = sinagot("run", cwd=harbor)
+    assert done.returncode == 0, done.stderr
+    assert "6 step(s) done, 0 failed" in done.stdout
+    computed = harbor / "dataset" / "computed"
+    assert len(list(computed.iterdir())) == 6
+    before = snapshot(harbor / "dataset")
+
+    again = sinagot("run", cwd=harbor)
+    assert again.returncode == 0, again.stderr
+    assert "0 step(s) done, 0 failed" in again.stdout
+    assert snapshot(harbor / "dataset") == before
+    assert all(init_runs(harbor / "dataset", rid) == ["count", "mean"] for rid in HARBOR_IDS)
+
+
+def test_run_a_record_or_a_step_with_force(harbor, capsys):
+    assert main(["run", str(harbor)]) == 0
+    computed = harbor / "dataset" / "computed"
+    first = snapshot(computed)
+    capsys.readouterr()
+
+    assert main(["run", str(harbor), "--record", "REC-20200601", "--force"]) == 0
+    assert "2 step(s) done, 0 failed" in capsys.readouterr().out
+    second = snapshot(computed)
+    rewritten = {name for name in first if first[name][:2] != second[name][:2]}
+    assert rewritten == {"REC-20200601-count.csv", "REC-20200601-mean.csv"}
+    assert second["REC-20200601-count.csv"][2] == first["REC-20200601-count.csv"][2]
+
+    assert main(["run", str(harbor), "--step", "mean", "--force"]) == 0
+    assert "3 step(s) done, 0 failed" in capsys.readouterr().out
+    third = snapshot(computed)
+    rewritten = {name for name in second if second[name][:2] != third[name][:2]}
+    assert rewritten == {f"{rid}-mean.csv" for rid in HARBOR_IDS}
+    dataset = harbor / "dataset"
+    assert init_runs(dataset, "REC-20200601") == ["count", "mean", "count", "mean", "mean"]
+    assert init_runs(dataset, "REC-20200602") == ["count", "mean", "mean"]
+
+
+def test_dry_run_says_what_would_run_and_changes_nothing(harbor):
+    done = sinagot("run", "--dry-run", cwd=harbor)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("would run ")]
+    assert len(lines) == 6
+    assert any("REC-20200602 count" in line and "missing" in line for line in lines)
+    assert not (harbor / "dataset" / "computed").exists()
+    assert not (harbor / "dataset" / "LOG").exists()
+
+    assert sinagot("run", cwd=harbor).returncode == 0
+    raw = harbor / "dataset" / "raw" / "REC-20200603-raw.csv"
+    os.utime(raw, (time.time() + 10, time.time() + 10))
+    before = snapshot(harbor / "dataset")
+    assert "state.db" in {Path(p).name for p in before}
+
+    done = sinagot("run", harbor, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("would run ")]
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "would run REC-20200603 count", "would run REC-20200603 mean",
+    ]  # fmt: skip
+    assert all("raw/REC-20200603-raw.csv" in line for line in lines)
+    assert snapshot(harbor / "dataset") == before  # outputs, logs and state.db untouched
+
+
+def test_a_failing_step_exits_1_and_names_the_record_and_step(harbor):
+    fail_for(harbor / "scripts" / "count.py", "REC-20200602", "bad boat")
+    done = sinagot("run", cwd=harbor)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED REC-20200602 count: ValueError: bad boat" in done.stdout.splitlines()
+    assert "Traceback" not in done.stdout + done.stderr
+    computed = harbor / "dataset" / "computed"
+    assert (computed / "REC-20200601-count.csv").is_file()
+    assert (computed / "REC-20200603-mean.csv").is_file()
+    assert not (computed / "REC-20200602-count.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--record", "../etc"], "../etc"),
+        (["--record", "nope"], "nope"),
+        (["--step", "nope"], "count, mean"),
+    ],
+)
+def test_usage_errors_exit_2_and_run_nothing(harbor, args, says):
+    done = sinagot("run", *args, cwd=harbor)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (harbor / "dataset" / "computed").exists()
+    assert not (harbor / "dataset" / "LOG").exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["status"], ["status", "--json"], ["logs"]])
+def test_a_broken_config_exits_78_with_the_file_and_key(harbor, command):
+    config = harbor / "workspace.toml"
+    config.write_text(BROKEN_PATTERN)
+    done = sinagot(*command, cwd=harbor)
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "workspace.toml" in done.stderr
+    assert "id_pattern" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert not (harbor / "dataset" / "computed").exists()
+
+
+def test_a_toml_syntax_error_exits_78_with_line_and_column(harbor, capsys):
+    (harbor / "workspace.toml").write_text('[records]\nid_pattern = "REC-\\\\d+\n')
+    assert main(["status", str(harbor)]) == 78
+    err = capsys.readouterr().err
+    assert "workspace.toml" in err
+    assert "line 2" in err
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def test_status_json_has_one_object_per_step(harbor):
+    before = status_json(harbor)
+    assert len(before) == 6
+    assert all(set(row) == JSON_KEYS for row in before)
+    assert {(r["record_id"], r["step"]) for r in before} == {
+        (rid, step) for rid in HARBOR_IDS for step in ("count", "mean")
+    }
+    assert {r["status"] for r in before} == {"DATA_READY"}
+    assert all(r["task"] is None and r["modality"] is None for r in before)
+    mean = next(r for r in before if (r["record_id"], r["step"]) == ("REC-20200601", "mean"))
+    assert mean["reasons"] == ["output computed/REC-20200601-mean.csv is missing"]
+
+    assert sinagot("run", harbor).returncode == 0
+    after = status_json(harbor)
+    assert {r["status"] for r in after} == {"DONE"}
+    assert all(r["reasons"] == [] for r in after)
+    assert status_json(harbor, "--stale") == []
+
+
+def test_status_stale_lists_only_the_steps_that_would_run(harbor, capsys):
+    assert main(["run", str(harbor)]) == 0
+    raw = harbor / "dataset" / "raw" / "REC-20200602-raw.csv"
+    os.utime(raw, (time.time() + 5, time.time() + 5))
+    capsys.readouterr()
+
+    assert main(["status", str(harbor), "--stale", "--json"]) == 0
+    stale = json.loads(capsys.readouterr().out)
+    assert [(r["record_id"], r["step"], r["status"]) for r in stale] == [
+        ("REC-20200602", "count", "STALE"), ("REC-20200602", "mean", "STALE"),
+    ]  # fmt: skip
+    for row in stale:
+        assert row["reasons"]
+        assert all("raw/REC-20200602-raw.csv" in reason for reason in row["reasons"])
+
+    assert main(["status", str(harbor)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RECORD", "STEP", "STATUS", "WHY"]
+    end = summary_line(lines)
+    assert lines[end] == "6 step(s): 4 DONE, 2 STALE"
+    rows = [line.split() for line in lines[1:end]]
+    assert len(rows) == 6
+    assert {(r[0], r[1], r[2]) for r in rows if r[2] == "STALE"} == {
+        ("REC-20200602", "count", "STALE"), ("REC-20200602", "mean", "STALE"),
+    }  # fmt: skip
+
+    assert main(["status", str(harbor), "--stale"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert summary_line(lines) == 3
+    assert lines[3] == "2 step(s): 2 STALE"
+
+
+# -- tasks and modalities ------------------------------------------------------------------
+
+
+def test_run_a_task_and_modality_only(eeg):
+    done = sinagot("run", "--task", "RS", "--modality", "EEG", cwd=eeg)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 step(s) done, 0 failed" in done.stdout
+    data = eeg / "dataset"
+    made = sorted(
+        str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.suffix == ".json"
+        and "processed" in p.parts
+    )  # fmt: skip
+    assert made == sorted(f"{rid}/RS/EEG/processed/alpha.json" for rid in EEG_IDS)
+    for rid in EEG_IDS:
+        assert (data / rid / "RS" / "EEG" / "processed" / "clean.csv").is_file()
+        assert not (data / rid / "MMN" / "EEG" / "processed").exists()
+        assert not (data / rid / "RS" / "clinical").exists()
+        assert not (data / rid / "HDC" / "behavior" / "scores.json").exists()
+    stale = status_json(eeg, "--stale")
+    assert not [r for r in stale if (r["task"], r["modality"]) == ("RS", "EEG")]
+    assert len(stale) == 21
+
+
+def test_an_unknown_task_exits_2_and_names_the_valid_ones(eeg):
+    done = sinagot("run", "--task", "XX", cwd=eeg)
+    assert done.returncode == 2
+    assert "'XX'" in done.stderr
+    for name in ("RS", "MMN", "HDC"):
+        assert name in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (eeg / "dataset" / "LOG").exists()
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+def test_logs_of_a_record_and_of_a_step(harbor, capsys):
+    assert main(["run", str(harbor)]) == 0
+    capsys.readouterr()
+
+    assert main(["logs", str(harbor), "--record", "REC-20200601"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert all("REC-20200601" in line for line in lines)
+    assert not any("{" in line for line in lines), "readable lines, not JSON"
+    assert sum(" count " in line and "Run finished" in line for line in lines) == 1
+    assert sum(" mean " in line and "Run finished" in line for line in lines) == 1
+
+    assert main(["logs", str(harbor), "--step", "mean"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9
+    assert all(" mean " in line and " count " not in line for line in lines)
+    assert {rid for rid in HARBOR_IDS if any(rid in line for line in lines)} == set(HARBOR_IDS)
+
+
+def test_logs_follow_prints_new_lines(harbor):
+    assert sinagot("run", harbor).returncode == 0
+    log = harbor / "dataset" / "LOG" / "REC-20200601.log"
+    process = subprocess.Popen(
+        [*sinagot_command(), "logs", "--follow", "--record", "REC-20200601"],
+        cwd=harbor, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen: list[str] = []
+
+    def wait_for_line(text: str, timeout: float, poke=None, start: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in seen[start:]):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line with {text!r} within {timeout} s: {seen}")
+            if poke is not None:
+                poke()
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.5))
+
+    try:
+        wait_for_line("Run finished", 20)  # what was there before: printed first
+        entry = {"record_id": "REC-20200601", "task": None, "modality": None,
+                 "step_label": "count", "step_status": 20, "message": "hello from the test",
+                 "time": "2020-06-01T12:00:00+00:00", "workspace_version": None}  # fmt: skip
+
+        def append() -> None:  # until the watcher is up, a line may go unnoticed
+            with log.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+        wait_for_line("hello from the test", 20, poke=append)
+        assert any("REC-20200601 count  PROCESSING  hello from the test" in s for s in seen)
+
+        count = len(seen)
+        assert sinagot("run", harbor, "--record", "REC-20200601", "--step", "mean",
+                       "--force").returncode == 0  # fmt: skip
+        wait_for_line("REC-20200601 mean  DONE  Run finished", 20, start=count)
+        new = seen[count:]
+        assert any("REC-20200601 mean  INIT  Init run" in s for s in new)
+        ran = [s for s in new if "hello from the test" not in s]  # late copies of the poke
+        assert not any(" count " in s for s in ran), "only the step that ran"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+            raise AssertionError("sinagot logs --follow did not stop on SIGINT") from None
+        reader.join(timeout=5)
+    assert process.returncode == 130
+    assert "Traceback" not in process.stderr.read()
+    process.stderr.close()
+    process.stdout.close()

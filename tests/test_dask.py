@@ -1,0 +1,463 @@
+"""Running steps on Dask: an embedded LocalCluster and a real external scheduler.
+
+Everything here runs real processes on real files. One external cluster (a `dask scheduler`
+and two `dask worker` subprocesses) serves the whole module; the embedded-cluster tests start
+their own small LocalCluster, as a user's `[run] mode = "dask"` does.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import copy_example
+
+from sinagot import StepStatus, Workspace
+from sinagot.execute import DaskExecutor, chain_token, task_key
+from sinagot.layout import Scope
+
+HARBOR_IDS = ("REC-20200601", "REC-20200602", "REC-20200603")
+EEG_IDS = ("REC-200331-A", "REC-200331-B", "REC-200401-A")
+KEY = re.compile(r"(count|mean)-REC-2020060[1-3]-[0-9a-f]{8}")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def use_dask(workspace: Path, **dask: object) -> None:
+    """Switch a workspace to `[run] mode = "dask"` with these `[dask]` settings."""
+    settings = {"dashboard_address": ":0", **dask}
+    lines = ["", "[run]", 'mode = "dask"', "", "[dask]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    with (workspace / "workspace.toml").open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def results(workspace: Path) -> dict[str, bytes]:
+    """Every file of the dataset but the logs and the state store: {relative path: bytes}."""
+    dataset = workspace / "dataset"
+    out = {}
+    for path in sorted(dataset.rglob("*")):
+        rel = path.relative_to(dataset)
+        if path.is_file() and rel.parts[0] not in ("LOG", ".sinagot"):
+            out[str(rel)] = path.read_bytes()
+    return out
+
+
+def status_rows(ws: Workspace) -> list[tuple]:
+    frame = ws.steps.status()
+    rows = frame[["record_id", "task", "modality", "step_label", "step_status"]]
+    return sorted((r[0], r[1] or "", r[2] or "", r[3], int(r[4])) for r in rows.itertuples(False))
+
+
+def statuses(ws: Workspace) -> dict[tuple, StepStatus]:
+    """{(record_id, task, modality, step_label): status} of every step of the workspace."""
+    return {
+        (r.record_id, r.task, r.modality, r.step_label): StepStatus(r.step_status)
+        for r in ws.steps.status().itertuples()
+    }
+
+
+def log_entries(workspace: Path, record_id: str) -> list[dict]:
+    path = workspace / "dataset" / "LOG" / f"{record_id}.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_failing_script(path: Path, condition: str, error: str) -> None:
+    """Make a script raise ValueError(error) when `condition` holds, run as before otherwise."""
+    source = path.read_text()
+    marker = "    def run(self):\n"
+    assert marker in source
+    patch = f"{marker}        if {condition}:\n            raise ValueError({error!r})\n"
+    path.write_text(source.replace(marker, patch))
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def sinagot_command() -> list[str]:
+    exe = shutil.which("sinagot", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "sinagot"]
+
+
+def dask_command(kind: str) -> list[str]:
+    """`dask scheduler` / `dask worker` of this interpreter's environment."""
+    exe = shutil.which("dask", path=os.path.dirname(sys.executable))
+    if exe:
+        return [exe, kind]
+    return [sys.executable, "-m", f"distributed.cli.dask_{kind}"]
+
+
+def transitions(address: str) -> collections.Counter:
+    """How many transitions each task key has gone through on the scheduler so far."""
+    from distributed import Client
+
+    with Client(address, timeout=10, set_as_default=False) as client:
+        keys = client.run_on_scheduler(
+            lambda dask_scheduler: [str(t.key) for t in dask_scheduler.transition_log]
+        )
+    return collections.Counter(keys)
+
+
+def new_keys(before: collections.Counter, after: collections.Counter) -> set[str]:
+    return {key for key in after if after[key] > before.get(key, 0)}
+
+
+# -- an external cluster, shared by the module -------------------------------------------
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (a nanny closes its worker), then SIGKILL the process group if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory) -> Iterator[str]:
+    """The address of a `dask scheduler` with two one-thread `dask worker`s."""
+    from distributed import Client
+
+    folder = tmp_path_factory.mktemp("cluster")
+    file = folder / "scheduler.json"
+    processes: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: str) -> subprocess.Popen:
+        with (folder / log).open("w") as out:
+            process = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
+            )
+        processes.append(process)
+        return process
+
+    try:
+        main = start(
+            [*dask_command("scheduler"), "--host", "127.0.0.1", "--port", "0",
+             "--scheduler-file", str(file), "--no-dashboard"],
+            "scheduler.log",
+        )  # fmt: skip
+
+        def ready() -> bool:
+            if main.poll() is not None:
+                log = (folder / "scheduler.log").read_text()
+                raise AssertionError(f"dask scheduler exited:\n{log}")
+            try:
+                return bool(json.loads(file.read_text())["address"])
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for(ready, 30, "the scheduler file")
+        address = json.loads(file.read_text())["address"]
+        for n in range(2):
+            start(
+                [*dask_command("worker"), address, "--nthreads", "1", "--no-dashboard"],
+                f"worker{n}.log",
+            )
+        with Client(address, timeout=20, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=30)
+        yield address
+    finally:
+        for process in reversed(processes):  # workers first, then the scheduler
+            _stop(process)
+
+
+# -- both modes, same results ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", ["harbor", "eeg"])
+def test_dask_mode_gives_the_same_results_as_the_main_process(tmp_path, example):
+    local = copy_example(example, tmp_path / "main")
+    distributed = copy_example(example, tmp_path / "dask")
+    use_dask(distributed, n_workers=2, threads_per_worker=1)
+
+    with Workspace(local, verbose=False) as ws:
+        ws.steps.run()
+        local_status = status_rows(ws)
+    with Workspace(distributed, verbose=False) as ws:
+        ws.steps.run()
+        executor = ws.executor
+        assert isinstance(executor, DaskExecutor)
+        assert executor.connection.scheduler == "embedded"
+        client = executor.connection.client
+        workers = client.scheduler_info()["workers"]
+        assert sorted(w["nthreads"] for w in workers.values()) == [1, 1]
+        pids = set(client.run(os.getpid).values())
+        dask_status = status_rows(ws)
+    assert len(pids) == 2 and os.getpid() not in pids
+    wait_for(lambda: not any(alive(pid) for pid in pids), 20, "the embedded workers to stop")
+
+    assert dask_status == local_status
+    assert {status for *_, status in dask_status} == {StepStatus.DONE}
+    produced = results(distributed)
+    assert produced == results(local)
+    raw = results(copy_example(example, tmp_path / "raw"))
+    assert len(produced) > len(raw), "the runs wrote outputs"
+
+
+# -- an external scheduler -----------------------------------------------------------------
+
+
+def test_a_workspace_runs_on_an_external_scheduler(harbor, scheduler):
+    before = transitions(scheduler)
+    with Workspace(harbor, verbose=False, scheduler=scheduler) as ws:
+        plans = ws.plan(ws.units(Scope()))
+        chains = collections.defaultdict(list)
+        for plan in plans:
+            chains[plan.unit].append(ws.job(plan))
+        expected = {job.key for c in chains.values() for job in c}
+        ws.steps.run()
+        assert ws.executor.connection.scheduler == scheduler
+        assert set(statuses(ws).values()) == {StepStatus.DONE}
+
+    computed = harbor / "dataset" / "computed"
+    assert sorted(p.name for p in computed.iterdir()) == sorted(
+        f"{rid}-{step}.csv" for rid in HARBOR_IDS for step in ("count", "mean")
+    )
+    ran = new_keys(before, transitions(scheduler))
+    assert len(expected) == 6 and all(KEY.fullmatch(k) for k in ran)
+    # Keys are '<step>-<unit>-<token>': every step of every unit ran there.
+    assert expected <= {k.rsplit("-", 1)[0] for k in ran}, "the steps ran there"
+
+
+def test_the_cli_uses_the_scheduler_in_the_environment(harbor, scheduler):
+    before = transitions(scheduler)
+    env = {**os.environ, "SINAGOT_DASK_ADDRESS": scheduler}
+    done = subprocess.run(
+        [*sinagot_command(), "run"], cwd=harbor, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "6 step(s) done, 0 failed" in done.stdout
+    assert len({k for k in new_keys(before, transitions(scheduler)) if KEY.fullmatch(k)}) == 6
+    with Workspace(harbor, verbose=False) as ws:
+        assert set(statuses(ws).values()) == {StepStatus.DONE}
+
+
+def test_the_scheduler_flag_wins_over_the_environment(harbor, scheduler):
+    env = {**os.environ, "SINAGOT_DASK_ADDRESS": "tcp://127.0.0.1:9"}  # nothing listens
+    done = subprocess.run(
+        [*sinagot_command(), "run", "--scheduler", scheduler, "--record", "REC-20200601"],
+        cwd=harbor, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 step(s) done, 0 failed" in done.stdout
+    assert (harbor / "dataset" / "computed" / "REC-20200601-mean.csv").is_file()
+
+
+def test_the_dask_address_in_the_config_is_used(harbor, scheduler):
+    use_dask(harbor, address=scheduler)
+    before = transitions(scheduler)
+    with Workspace(harbor, verbose=False) as ws:
+        ws.records.get("REC-20200602").steps.run()
+        assert ws.executor.connection.scheduler == scheduler
+    ran = {k for k in new_keys(before, transitions(scheduler)) if KEY.fullmatch(k)}
+    assert {k.rsplit("-", 1)[0] for k in ran} == {"count-REC-20200602", "mean-REC-20200602"}
+
+    env = {k: v for k, v in os.environ.items() if k != "SINAGOT_DASK_ADDRESS"}
+    done = subprocess.run(
+        [*sinagot_command(), "run"], cwd=harbor, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "4 step(s) done, 0 failed" in done.stdout
+    with Workspace(harbor, verbose=False) as ws:
+        assert set(statuses(ws).values()) == {StepStatus.DONE}
+
+
+def test_two_copies_of_a_dataset_on_one_scheduler_both_get_their_outputs(tmp_path, scheduler):
+    """Task keys name the dataset too: a copy (same paths, sizes and mtimes) sharing the
+    scheduler must not attach to the first copy's tasks and silently get nothing."""
+    first = copy_example("harbor", tmp_path / "a")
+    second = copy_example("harbor", tmp_path / "b")  # cp -p: same sizes, same mtimes
+    body = "        import time\n        time.sleep(1.5)\n"
+    count = first / "scripts" / "count.py"
+    count.write_text(
+        count.read_text().replace("    def run(self):\n", "    def run(self):\n" + body)
+    )
+
+    errors: list[BaseException] = []
+
+    def run_first() -> None:
+        try:
+            with Workspace(first, verbose=False, scheduler=scheduler) as ws:
+                ws.steps.run()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        logs = first / "dataset" / "LOG"
+        wait_for(lambda: errors or any(logs.glob("*.log")), 30, "the first run to start")
+        with Workspace(second, verbose=False, scheduler=scheduler) as ws:
+            ws.steps.run()
+    finally:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(results(first)) == 9  # 3 raw files, 6 outputs
+    assert results(second) == results(first)
+
+
+# -- failures stay in their unit -----------------------------------------------------------
+
+
+def test_a_failing_record_is_isolated_on_dask(harbor, scheduler):
+    write_failing_script(harbor / "scripts" / "count.py", 'self.id == "REC-20200602"', "bad boat")
+    with Workspace(harbor, verbose=False, scheduler=scheduler) as ws:
+        ws.steps.run()
+        status = statuses(ws)
+
+    for rid in ("REC-20200601", "REC-20200603"):
+        assert status[(rid, None, None, "count")] is StepStatus.DONE
+        assert status[(rid, None, None, "mean")] is StepStatus.DONE
+    assert status[("REC-20200602", None, None, "count")] is StepStatus.ERROR
+    assert status[("REC-20200602", None, None, "mean")] is not StepStatus.DONE
+    started = [e["step_label"] for e in log_entries(harbor, "REC-20200602")
+               if e["message"] == "Init run"]  # fmt: skip
+    assert started == ["count"], "the unit's later step was not run"
+    computed = harbor / "dataset" / "computed"
+    assert not (computed / "REC-20200602-count.csv").exists()
+    assert not (computed / "REC-20200602-mean.csv").exists()
+    errors = [e["message"] for e in log_entries(harbor, "REC-20200602") if e["step_status"] == 40]
+    assert len(errors) == 1
+    assert "Traceback (most recent call last)" in errors[0]
+    assert "ValueError: bad boat" in errors[0]
+    assert "count.py" in errors[0]
+
+
+def test_a_failing_step_stops_only_its_own_chain_on_dask(eeg, scheduler):
+    write_failing_script(
+        eeg / "scripts" / "EEG" / "preprocess.py",
+        'self.id == "REC-200331-B" and self.task == "RS"',
+        "flat signal",
+    )
+    env = {**os.environ, "SINAGOT_DASK_ADDRESS": scheduler}
+    done = subprocess.run(
+        [*sinagot_command(), "run"], cwd=eeg, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED REC-200331-B RS/EEG preprocess: ValueError: flat signal" in done.stdout
+    assert "Traceback" not in done.stderr
+
+    with Workspace(eeg, verbose=False) as ws:
+        status = statuses(ws)
+    failed = ("REC-200331-B", "RS", "EEG")
+    assert status[(*failed, "preprocess")] is StepStatus.ERROR
+    assert status[(*failed, "alpha")] is StepStatus.INIT
+    others = {key: value for key, value in status.items() if key[:3] != failed}
+    assert len(others) == 25
+    assert set(others.values()) == {StepStatus.DONE}
+    data = eeg / "dataset"
+    assert not (data / "REC-200331-B" / "RS" / "EEG" / "processed" / "alpha.json").exists()
+    assert (data / "REC-200331-A" / "RS" / "EEG" / "processed" / "alpha.json").is_file()
+    assert (data / "REC-200331-B" / "MMN" / "EEG" / "processed" / "mismatch.json").is_file()
+    alpha_runs = [
+        e for e in log_entries(eeg, "REC-200331-B")
+        if e["task"] == "RS" and e["step_label"] == "alpha"
+    ]  # fmt: skip
+    assert alpha_runs == [], "the later step of the failed unit never started"
+
+
+# -- task keys ---------------------------------------------------------------------------
+
+
+def _keys(workspace: Path) -> dict[str, str]:
+    """{step-unit: Dask task key} of every step that would run."""
+    with Workspace(workspace, verbose=False) as ws:
+        chains = collections.defaultdict(list)
+        for plan in ws.plan(ws.units(Scope()), stale_only=True):
+            chains[plan.unit].append(ws.job(plan))
+        return {job.key: task_key(job, chain_token(c)) for c in chains.values() for job in c}
+
+
+def test_task_keys_are_readable_and_change_only_with_their_inputs(harbor):
+    keys = _keys(harbor)
+    assert sorted(keys) == sorted(f"{s}-{r}" for r in HARBOR_IDS for s in ("count", "mean"))
+    for name, key in keys.items():
+        assert re.fullmatch(re.escape(name) + r"-[0-9a-f]{8}", key)
+    token = keys["count-REC-20200601"].rsplit("-", 1)[1]
+    assert keys["mean-REC-20200601"] == f"mean-REC-20200601-{token}", "one token a chain"
+    assert len({k.rsplit("-", 1)[1] for k in keys.values()}) == 3, "one token a record"
+    assert _keys(harbor) == keys, "unchanged inputs, same keys"
+
+    raw = harbor / "dataset" / "raw" / "REC-20200601-raw.csv"
+    stat = raw.stat()
+    raw.write_text(raw.read_text() + raw.read_text().splitlines()[-1] + "\n")
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a copy that kept the mtime
+    changed = _keys(harbor)
+    assert changed["count-REC-20200601"] != keys["count-REC-20200601"]
+    assert changed["mean-REC-20200601"] != keys["mean-REC-20200601"]
+    assert {k: v for k, v in changed.items() if "0601" not in k} == {
+        k: v for k, v in keys.items() if "0601" not in k
+    }
+
+    os.utime(harbor / "dataset" / "raw" / "REC-20200602-raw.csv", (1e9, 1e9))  # touched only
+    assert _keys(harbor)["count-REC-20200602"] != keys["count-REC-20200602"]
+
+
+# -- newest first ----------------------------------------------------------------------------
+
+
+def test_newer_records_run_first(harbor):
+    use_dask(harbor, n_workers=1, threads_per_worker=1, max_in_flight=1)
+    raw = harbor / "dataset" / "raw"
+    source = (raw / "REC-20200601-raw.csv").read_bytes()
+    for day in ("04", "05", "06"):
+        (raw / f"REC-202006{day}-raw.csv").write_bytes(source)
+    # Neither the IDs' order nor its reverse: the mtimes alone decide.
+    newest_first = ["REC-20200604", "REC-20200601", "REC-20200606", "REC-20200603",
+                    "REC-20200605", "REC-20200602"]  # fmt: skip
+    now = time.time()
+    for age, rid in enumerate(newest_first):
+        os.utime(raw / f"{rid}-raw.csv", (now - 3600 * (age + 1), now - 3600 * (age + 1)))
+
+    with Workspace(harbor, verbose=False) as ws:
+        ws.steps.run()
+        assert set(statuses(ws).values()) == {StepStatus.DONE}
+
+    started = {
+        rid: min(e["time"] for e in log_entries(harbor, rid) if e["message"] == "Init run")
+        for rid in newest_first
+    }
+    assert sorted(newest_first, key=started.__getitem__) == newest_first
+
+
+def test_every_forced_run_on_the_same_cluster_really_runs(harbor, scheduler):
+    """Same inputs, same scripts: a forced rerun must still run, not reuse the last result."""
+    with Workspace(harbor, verbose=False, scheduler=scheduler) as ws:
+        for _ in range(3):
+            ws.steps.run(force=True)
+    for record_id in HARBOR_IDS:
+        starts = [e for e in log_entries(harbor, record_id) if e["message"] == "Init run"]
+        assert len(starts) == 6, f"{record_id}: 3 forced runs of 2 steps each"
