@@ -17,6 +17,7 @@ from . import scaffold
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope
 from .planner import StepPlan
+from .requests import RunRequest
 from .runner import StepResult
 from .status import StepStatus
 from .workspace import Workspace
@@ -128,6 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             names = ", ".join(ws.layout.step_names(scope))
             print(f"sinagot: no step {args.step!r} here; steps: {names}", file=sys.stderr)
             return EX_USAGE
+        if not args.dry_run and (holder := ws.lock.holder()) and "sinagotd" in holder:
+            request = RunRequest(args.record, args.task, args.modality, args.step, args.force)
+            request.write(ws.config.state_dir)
+            print(f"{holder} is running this workspace: asked it to run the steps; "
+                  "follow with `sinagot status` or its events")  # fmt: skip
+            return EX_OK
         plans = ws.plan(units, force=args.force, only=args.step, stale_only=True)
         if args.dry_run:
             for plan in plans:

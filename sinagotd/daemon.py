@@ -26,6 +26,7 @@ from sinagot.execute import DaskExecutor, newest_input, result_of
 from sinagot.layout import Scope, Unit
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
+from sinagot.requests import RunRequest, take_requests
 from sinagot.runner import Outcome, StepJob, StepResult
 from sinagot.workspace import Workspace
 
@@ -35,6 +36,7 @@ from .settle import Settler
 from .watcher import PathChanged, Watcher, WatchError
 
 TICK = 0.1  # seconds: how often the loop looks at timers when nothing arrives
+REQUESTS_EVERY = 0.5  # seconds: how often the loop looks for `sinagot run` requests
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Daemon:
         )  # fmt: skip
         self.notifier.ready()
         self._next_rescan = self.clock() + self.settings.rescan_seconds
+        self._next_requests = self.clock()
         self._next_ping = self.clock()
 
     def _settings(self, ws: Workspace) -> DaemonSettings:
@@ -215,6 +218,10 @@ class Daemon:
         units = self.units_settle.due(now)
         if units:
             self.replan(units)
+        if now >= self._next_requests:
+            self._next_requests = now + REQUESTS_EVERY
+            for request in take_requests(self.ws.config.state_dir):
+                self._requested(request)
         for unit, (when, _) in list(self.retry_at.items()):
             if now >= when and unit not in self.in_flight:
                 self.replan([unit])
@@ -380,6 +387,29 @@ class Daemon:
                       resubmitting=len(lost))  # fmt: skip
         self.ws.ingest_receipts()
         self.replan(lost)
+
+    def _requested(self, request: RunRequest) -> None:
+        """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue."""
+        scope = Scope()
+        try:
+            for name in (request.task, request.modality):
+                if name is not None:
+                    scope = self.ws.layout.narrow(scope, name, "workspace")
+            ids = (
+                None if request.records is None else [self.ws.check_id(r) for r in request.records]
+            )
+        except (AttributeError, ValueError) as exc:
+            self.log.error("run.refused", error=str(exc))
+            return
+        units = self.ws.units(scope, ids)
+        busy = [u for u in units if u in self.in_flight]
+        free = [u for u in units if u not in self.in_flight]
+        plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
+        self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
+                      force=request.force, step=request.step)  # fmt: skip
+        self.dirty.update(busy)
+        self._queue(plans, replanned=free)
+        self._fill()
 
     # -- reload -----------------------------------------------------------------------------
 

@@ -394,7 +394,7 @@ def test_replaced_file_is_reprocessed_and_hidden_temp_names_start_nothing(ws, si
     assert len(count) == 1, count
     assert any("raw/REC-20200601-raw.csv" in reason for reason in count[0]["reasons"]), count
     assert counted_boats(ws, "REC-20200601") == 7
-    assert not daemon.seen("step.submitted", since=mark, record_id="REC-20200604")
+    assert not daemon.seen("step.submitted", since=mark, record_id="REC-20200604", step="count")
 
     mark = daemon.mark()
     os.replace(hidden, raw / "REC-20200604-raw.csv")  # rsync's final rename
@@ -605,3 +605,39 @@ def test_ignored_paths_submit_nothing(ws, sinagotd):
         ("REC-20200604", "count"),
         ("REC-20200604", "mean"),
     ]
+
+
+def test_a_failed_step_is_not_retried_until_asked_with_run_force(ws, sinagotd):
+    """While the daemon runs, `sinagot run --force` asks it to retry instead of racing it."""
+    script = ws / "scripts" / "count.py"
+    original = script.read_text()
+    make_count_fail_for(ws, "REC-20200604", "flaky sensor in REC-20200604")
+    daemon = sinagotd(ws)
+    daemon.wait_for("daemon.idle")
+    write_record(ws, "REC-20200604")
+    daemon.wait_for("step.failed", record_id="REC-20200604", step="count")
+    daemon.wait_for("daemon.idle")
+
+    # A rescan does not retry it: nothing about it changed.
+    mark = daemon.mark()
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    daemon.wait_for("config.reloaded")
+    daemon.wait_for("daemon.idle")
+    assert not daemon.seen("step.submitted", since=mark, record_id="REC-20200604", step="count")
+
+    # Fixing the script retries it.
+    script.write_text(original)
+    daemon.wait_for("step.submitted", record_id="REC-20200604", step="count")
+    daemon.wait_for("step.finished", record_id="REC-20200604", step="count")
+    daemon.wait_for("daemon.idle")
+
+    mark = daemon.mark()
+    command = [sys.executable, "-m", "sinagot", "run", str(ws), "--record", "REC-20200604",
+               "--step", "count", "--force"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"sinagotd pid {daemon.proc.pid} is running" in result.stdout
+    daemon.wait_for("run.requested", force=True, step="count")
+    daemon.wait_for("step.finished", record_id="REC-20200604", step="count")
+    assert _pairs(daemon.seen("step.submitted", since=mark)) == [("REC-20200604", "count")]
+    assert daemon.stop() == 0
