@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sinagot import __version__
 from sinagot.cluster import Connection, connect, resolve_address
-from sinagot.errors import ConfigError
+from sinagot.errors import ConfigError, SinagotError
 from sinagot.execute import DaskExecutor, newest_input, result_of
 from sinagot.layout import Scope, Unit
 from sinagot.planner import StepPlan
@@ -102,7 +102,12 @@ class Daemon:
         self.ws.lock.acquire("sinagotd")
         self.ws.ingest_receipts()
         self.executor = self._executor(self.ws)
-        self.connection = self.executor.connection
+        try:
+            self.connection = self.executor.connection
+        except Exception as exc:  # OSError, TimeoutError, ...: said plainly, exit 1
+            address = resolve_address(self.options.scheduler, self.ws.config.dask)
+            first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise SinagotError(f"cannot reach the Dask scheduler {address}: {first}") from None
         self.log.info(
             "daemon.started",
             workspace=str(self.ws.config.files[0]),
