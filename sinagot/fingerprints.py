@@ -82,11 +82,19 @@ class DirectoryListing:
         self._root = root
         self._folders: dict[str, dict[str, Fingerprint]] = {}
 
+    def folder(self, relative: str) -> dict[str, Fingerprint]:
+        """One folder's entries: name -> fingerprint (a folder's is (-1, -1) until asked)."""
+        listing = self._folders.get(relative)
+        if listing is None:
+            path = f"{self._root}/{relative}" if relative else self._root
+            listing = self._folders[relative] = self._list(path)
+        return listing
+
     def __call__(self, relative: str) -> Fingerprint | None:
         folder, _, name = relative.rpartition("/")
         listing = self._folders.get(folder)
         if listing is None:
-            listing = self._folders[folder] = self._list(f"{self._root}/{folder}")
+            listing = self.folder(folder)
         found = listing.get(name)
         if found is _FOLDER:
             found = listing[name] = folder_fingerprint(f"{self._root}/{relative}")

@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .fingerprints import Fingerprint, Lookup, encode_fingerprints
+from .fingerprints import DirectoryListing, Fingerprint, Lookup, encode_fingerprints
 from .layout import StepSpec, Unit
-from .state import RunRecord, run_key, settled_signature
+from .patterns import PathPattern
+from .state import RunRecord, run_key
 from .status import StepStatus
 
 
@@ -82,35 +83,89 @@ def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[S
     return plans
 
 
-def settled(
-    unit: Unit,
-    steps: Sequence[StepSpec],
-    signatures: Mapping[str, str],
-    lookup: Lookup,
-    code_hashes: Mapping[str, str] | None,
-) -> bool:
-    """True when every step of the unit is up to date, decided with one string comparison
-    per step against `StateStore.read_settled`: the fast path for planning a whole workspace.
+class SettledCheck:
+    """Is every step of a unit up to date? Decided with one string comparison per step
+    against `StateStore.read_settled`: the fast path for planning a whole workspace.
 
-    It errs only towards False; `plan_unit` then decides, with reasons.
+    Each step's paths are compiled once per (task, modality) into a folder listing and the
+    text around `{id}`, so a unit costs a few dict lookups and string joins. It errs only
+    towards False (folders as inputs, unusual patterns); `plan_unit` then decides, with
+    reasons.
     """
-    record_id, task = unit.record_id, unit.task
-    prefix = run_key(unit, "")
-    for step in steps:
-        sig = signatures.get(prefix + step.name)
-        if sig is None:
+
+    def __init__(
+        self,
+        signatures: Mapping[str, str],
+        listing: DirectoryListing,
+        code_hashes: Mapping[str, str] | None,
+    ) -> None:
+        self._signatures = signatures
+        self._listing = listing
+        self._code_hashes = code_hashes
+        self._probes: dict[tuple[str | None, str | None], list[_StepProbe] | None] = {}
+
+    def __call__(self, unit: Unit, steps: Sequence[StepSpec]) -> bool:
+        key = (unit.task, unit.modality)
+        probes = self._probes.get(key, False)
+        if probes is False:
+            probes = self._probes[key] = self._compile(unit.task, steps)
+        if probes is None:
             return False
-        ins = step.inputs.relative(record_id, task)
-        fps = [lookup(rel) for rel in ins]
-        if None in fps:
-            return False
-        code = None if code_hashes is None else code_hashes.get(step.script_key, "")
-        if sig != settled_signature(encode_fingerprints(ins, fps), code):
-            return False
-        for rel in step.outputs.relative(record_id, task):
-            if lookup(rel) is None:
+        record_id, signatures = unit.record_id, self._signatures
+        prefix = run_key(unit, "")
+        for probe in probes:
+            expected = signatures.get(prefix + probe.step)
+            if expected is None:
                 return False
-    return True
+            lines = []
+            for folder, pre, post, listing in probe.inputs:
+                name = pre + record_id + post
+                fp = listing.get(name)
+                if fp is None or fp[0] < 0:  # missing, or a folder: the slow path decides
+                    return False
+                lines.append(f"{folder}{name}\t{fp[0]}\t{fp[1]}")
+            text = "\n".join(lines) if probe.code is None else "\n".join(lines) + probe.code
+            if text != expected:
+                return False
+            for _, pre, post, listing in probe.outputs:
+                if pre + record_id + post not in listing:
+                    return False
+        return True
+
+    def _compile(self, task: str | None, steps: Sequence[StepSpec]) -> list[_StepProbe] | None:
+        probes = []
+        for step in steps:
+            inputs = [self._probe(p, task) for p in step.inputs.patterns]
+            outputs = [self._probe(p, task) for p in step.outputs.patterns]
+            if None in inputs or None in outputs:
+                return None
+            code = None
+            if self._code_hashes is not None:
+                code = "\x1e" + self._code_hashes.get(step.script_key, "")
+            probes.append(_StepProbe(step.name, inputs, outputs, code))  # type: ignore[arg-type]
+        return probes
+
+    def _probe(self, pattern: PathPattern, task: str | None) -> _PathProbe | None:
+        """(folder + '/', text before {id}, text after, the folder's listing), or None."""
+        *folders, last = pattern.parts
+        if task is not None:
+            folders = [f.replace("{task}", task) for f in folders]
+            last = last.replace("{task}", task)
+        if any("{" in f for f in folders) or last.count("{id}") != 1 or "{task}" in last:
+            return None
+        folder = "/".join(folders)
+        pre, post = last.split("{id}")
+        return (f"{folder}/" if folder else "", pre, post, self._listing.folder(folder))
+
+
+_PathProbe = tuple[str, str, str, Mapping[str, Fingerprint]]
+
+
+class _StepProbe(NamedTuple):
+    step: str
+    inputs: list[_PathProbe]
+    outputs: list[_PathProbe]
+    code: str | None  # '\x1e' + the script's hash, when script changes are tracked
 
 
 def done_plans(unit: Unit, steps: Sequence[StepSpec]) -> list[StepPlan]:

@@ -80,11 +80,6 @@ class RunRecord(NamedTuple):
 _COLUMNS = "state, inputs, code_hash, error, finished, submitted, input_hashes, outputs"
 
 
-def settled_signature(inputs: str, code_hash: str | None) -> str:
-    """What `read_settled` returns for a row: its inputs, then its code hash if tracked."""
-    return inputs if code_hash is None else f"{inputs}\x1e{code_hash}"
-
-
 def run_key(unit: Unit, step: str) -> str:
     return f"{unit.record_id}{SEP}{unit.task or ''}{SEP}{unit.modality or ''}{SEP}{step}"
 
@@ -145,7 +140,8 @@ class StateStore:
         return {row[0]: make(row[1:]) for row in rows}
 
     def read_settled(self, with_code: bool) -> dict[str, str]:
-        """`settled_signature` of every step whose last run finished well and is not queued.
+        """A signature per step whose last run finished well and is not queued: its encoded
+        inputs, then '\\x1e' and its code hash when `with_code`.
 
         One string per row, built by SQLite: planning a whole workspace compares strings
         and reads full rows only for the few units that differ.

@@ -18,7 +18,7 @@ from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import check_record_id
-from .planner import PlanContext, StepPlan, done_plans, plan_unit, settled
+from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
 from .runner import StepJob, StepResult, receipt_name
 from .scripts import code_hash
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
@@ -117,18 +117,20 @@ class Workspace:
         """
         dataset = str(self.config.dataset)
         many = len(units) > _LISTING_THRESHOLD
-        lookup: Lookup = DirectoryListing(dataset) if many else DirectStat(dataset)
+        listing = DirectoryListing(dataset) if many else None
+        lookup: Lookup = listing if listing is not None else DirectStat(dataset)
         code_hashes = self._code_hashes() if self.config.track_scripts else None
         receipts = self._pending_receipts()
         steps_of = self.layout.steps
         done: dict[int, list[StepPlan]] = {}
         pending = list(enumerate(units))
-        if many and not force and not receipts:
+        if listing is not None and not force and not receipts:
             signatures = self.store.read_settled(with_code=code_hashes is not None)
+            settled = SettledCheck(signatures, listing, code_hashes)
             pending = []
             for position, unit in enumerate(units):
                 steps = steps_of(unit.task, unit.modality)
-                if settled(unit, steps, signatures, lookup, code_hashes):
+                if settled(unit, steps):
                     if not stale_only:
                         done[position] = done_plans(unit, steps)
                 else:

@@ -42,3 +42,19 @@ def harbor(tmp_path: Path) -> Path:
 def eeg(tmp_path: Path) -> Path:
     """A fresh copy of example/eeg (scoped mode: tasks RS, MMN, HDC; three records)."""
     return copy_example("eeg", tmp_path)
+
+
+def load_generator():
+    """example/make_dataset.py as a module: harbor-like workspaces of N records."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_dataset", EXAMPLES / "make_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def make_workspace():
+    """`make_workspace(dest, n, trivial=True, start=0)` from example/make_dataset.py."""
+    return load_generator().make_workspace

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from sinagot import StepStatus, Workspace
+from sinagot.layout import Scope
 from sinagot.runner import run_step
 from sinagot.state import StateError
 
@@ -815,3 +816,35 @@ def test_second_writer_is_refused_while_readers_go_on(harbor: Path) -> None:
     with Workspace(harbor, verbose=False) as ws:  # the kernel released the lock with its holder
         ws.steps.run()
         assert not not_done(ws)
+
+
+def test_planning_many_units_at_once_decides_as_planning_each_alone(tmp_path, make_workspace):
+    """The whole-workspace fast path (folder listings, settled signatures) agrees with
+    planning unit by unit, whatever happened to the files."""
+    root = make_workspace(tmp_path / "ws", 90, trivial=True)
+    with Workspace(root, verbose=False) as ws:
+        ws.steps.run()
+    raw, computed = root / "dataset" / "raw", root / "dataset" / "computed"
+    os.utime(raw / "REC-00000003-raw.csv", ns=(1, 10**18))  # touched
+    (raw / "REC-00000004-raw.csv").write_text("boat_name,country,size\nA,FR,1\n")  # changed
+    (computed / "REC-00000005-mean.csv").unlink()  # an output lost
+    (raw / "REC-00000006-raw.csv").unlink()  # an input gone
+    make_workspace(tmp_path / "ws", 2, trivial=True, start=90)  # two new records
+    with Workspace(root, verbose=False) as ws:
+        units = ws.units(Scope())
+        bulk = ws.plan(units)
+        one_by_one = [plan for unit in units for plan in ws.plan([unit])]
+
+    def decisions(plans):
+        return [(p.unit, p.step.name, p.status, p.run, p.reasons) for p in plans]
+
+    assert len(units) > 64, "large enough to take the fast path"
+    assert decisions(bulk) == decisions(one_by_one)
+    stale = {(p.unit.record_id, p.step.name) for p in bulk if p.run}
+    assert stale == {
+        ("REC-00000003", "count"), ("REC-00000003", "mean"),
+        ("REC-00000004", "count"), ("REC-00000004", "mean"),
+        ("REC-00000005", "mean"),
+        ("REC-00000090", "count"), ("REC-00000090", "mean"),
+        ("REC-00000091", "count"), ("REC-00000091", "mean"),
+    }  # fmt: skip
