@@ -79,14 +79,26 @@ class DirectoryListing:
     """
 
     def __init__(self, root: str) -> None:
-        self._root = root
+        self.root = root
         self._folders: dict[str, dict[str, Fingerprint]] = {}
+        self._names: dict[str, set[str]] = {}
+
+    def names(self, relative: str) -> set[str]:
+        """The names in one folder, without a stat each: enough to know what exists."""
+        found = self._names.get(relative)
+        if found is None:
+            try:
+                found = set(os.listdir(f"{self.root}/{relative}" if relative else self.root))
+            except (FileNotFoundError, NotADirectoryError):
+                found = set()
+            self._names[relative] = found
+        return found
 
     def folder(self, relative: str) -> dict[str, Fingerprint]:
         """One folder's entries: name -> fingerprint (a folder's is (-1, -1) until asked)."""
         listing = self._folders.get(relative)
         if listing is None:
-            path = f"{self._root}/{relative}" if relative else self._root
+            path = f"{self.root}/{relative}" if relative else self.root
             listing = self._folders[relative] = self._list(path)
         return listing
 
@@ -97,7 +109,7 @@ class DirectoryListing:
             listing = self.folder(folder)
         found = listing.get(name)
         if found is _FOLDER:
-            found = listing[name] = folder_fingerprint(f"{self._root}/{relative}")
+            found = listing[name] = folder_fingerprint(f"{self.root}/{relative}")
         return found
 
     @staticmethod

@@ -230,10 +230,10 @@ class Layout:
         for matcher, served in self._discovery:
             if not keys & served:
                 continue
-            for match in matcher.scan(self.config.dataset):
-                if match.record_id not in seen:
-                    seen.add(match.record_id)
-                    yield match.record_id
+            for record_id in matcher.record_ids(self.config.dataset):
+                if record_id not in seen:
+                    seen.add(record_id)
+                    yield record_id
 
     @cached_property
     def matchers(self) -> list[tuple[Matcher, tuple[str | None, str | None]]]:

@@ -222,6 +222,26 @@ class Matcher:
         """Every existing path under `root` that matches, listing each folder once."""
         yield from self._scan(str(root), 0, {}, [])
 
+    def record_ids(self, root: Path) -> Iterator[str]:
+        """The record IDs of `scan`, fast when only the file name holds a placeholder
+        (`raw/{id}-raw.csv`): one `os.listdir` and one regex per name."""
+        *folders, last = self._parts
+        if any(not isinstance(p, str) for p in folders) or last.groupindex.keys() != {"id"}:
+            yield from (m.record_id for m in self.scan(root))
+            return
+        try:
+            names = os.listdir(os.path.join(root, *folders))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        fullmatch, valid = last.fullmatch, self._id_regex.fullmatch
+        for name in names:
+            m = fullmatch(name)
+            if m is None or name.startswith(TEMP_PREFIX):
+                continue
+            record_id = m.group("id")
+            if valid(record_id) and record_id not in (".", "..") and "\\" not in record_id:
+                yield record_id
+
     def _scan(self, folder: str, depth: int, bound: dict[str, str], rel: list[str]):
         part = self._parts[depth]
         last = depth == len(self._parts) - 1

@@ -18,8 +18,10 @@ A step whose last run failed stays failed (ERROR) until its inputs or its script
 
 from __future__ import annotations
 
+import os
+import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -87,10 +89,11 @@ class SettledCheck:
     """Is every step of a unit up to date? Decided with one string comparison per step
     against `StateStore.read_settled`: the fast path for planning a whole workspace.
 
-    Each step's paths are compiled once per (task, modality) into a folder listing and the
-    text around `{id}`, so a unit costs a few dict lookups and string joins. It errs only
-    towards False (folders as inputs, unusual patterns); `plan_unit` then decides, with
-    reasons.
+    Each step's paths are compiled once per (task, modality) into folders and the text
+    around `{id}`: a unit then costs one `stat` per input, one set lookup per output (the
+    output folders are listed once, names only) and one string comparison per step. It errs
+    only towards False (folders as inputs, unusual patterns); `plan_unit` then decides,
+    with reasons.
     """
 
     def __init__(
@@ -113,58 +116,71 @@ class SettledCheck:
             return False
         record_id, signatures = unit.record_id, self._signatures
         prefix = run_key(unit, "")
+        seen: dict[str, str] = {}  # steps of a unit often read the same input: stat it once
         for probe in probes:
             expected = signatures.get(prefix + probe.step)
             if expected is None:
                 return False
             lines = []
-            for folder, pre, post, listing in probe.inputs:
-                name = pre + record_id + post
-                fp = listing.get(name)
-                if fp is None or fp[0] < 0:  # missing, or a folder: the slow path decides
-                    return False
-                lines.append(f"{folder}{name}\t{fp[0]}\t{fp[1]}")
+            for folder, pre, post, absolute in probe.inputs:
+                path = absolute + pre + record_id + post
+                line = seen.get(path)
+                if line is None:
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        return False
+                    if stat.S_ISDIR(st.st_mode):  # a folder: the slow path fingerprints it
+                        return False
+                    line = seen[path] = (
+                        f"{folder}{pre}{record_id}{post}\t{st.st_size}\t{st.st_mtime_ns}"
+                    )
+                lines.append(line)
             text = "\n".join(lines) if probe.code is None else "\n".join(lines) + probe.code
             if text != expected:
                 return False
-            for _, pre, post, listing in probe.outputs:
-                if pre + record_id + post not in listing:
+            for pre, post, names in probe.outputs:
+                if pre + record_id + post not in names:
                     return False
         return True
 
     def _compile(self, task: str | None, steps: Sequence[StepSpec]) -> list[_StepProbe] | None:
+        root = self._listing.root
         probes = []
         for step in steps:
-            inputs = [self._probe(p, task) for p in step.inputs.patterns]
-            outputs = [self._probe(p, task) for p in step.outputs.patterns]
-            if None in inputs or None in outputs:
+            inputs = [_split(p, task) for p in step.inputs.patterns]
+            outputs = [_split(p, task) for p in step.outputs.patterns]
+            if any(p is None for p in (*inputs, *outputs)):
                 return None
             code = None
             if self._code_hashes is not None:
                 code = "\x1e" + self._code_hashes.get(step.script_key, "")
-            probes.append(_StepProbe(step.name, inputs, outputs, code))  # type: ignore[arg-type]
+            ins = [(_slash(d), pre, post, f"{root}/{_slash(d)}") for d, pre, post in inputs]
+            outs = [(pre, post, self._listing.names(d)) for d, pre, post in outputs]
+            probes.append(_StepProbe(step.name, ins, outs, code))
         return probes
 
-    def _probe(self, pattern: PathPattern, task: str | None) -> _PathProbe | None:
-        """(folder + '/', text before {id}, text after, the folder's listing), or None."""
-        *folders, last = pattern.parts
-        if task is not None:
-            folders = [f.replace("{task}", task) for f in folders]
-            last = last.replace("{task}", task)
-        if any("{" in f for f in folders) or last.count("{id}") != 1 or "{task}" in last:
-            return None
-        folder = "/".join(folders)
-        pre, post = last.split("{id}")
-        return (f"{folder}/" if folder else "", pre, post, self._listing.folder(folder))
+
+def _split(pattern: PathPattern, task: str | None) -> tuple[str, str, str] | None:
+    """(folder, text before {id}, text after) when only the file name holds {id}."""
+    *folders, last = pattern.parts
+    if task is not None:
+        folders = [f.replace("{task}", task) for f in folders]
+        last = last.replace("{task}", task)
+    if any("{" in f for f in folders) or last.count("{id}") != 1 or "{task}" in last:
+        return None
+    pre, post = last.split("{id}")
+    return "/".join(folders), pre, post
 
 
-_PathProbe = tuple[str, str, str, Mapping[str, Fingerprint]]
+def _slash(folder: str) -> str:
+    return f"{folder}/" if folder else ""
 
 
 class _StepProbe(NamedTuple):
     step: str
-    inputs: list[_PathProbe]
-    outputs: list[_PathProbe]
+    inputs: list[tuple[str, str, str, str]]  # (folder/, before {id}, after, absolute folder/)
+    outputs: list[tuple[str, str, Set[str]]]  # (before {id}, after, names in the folder)
     code: str | None  # '\x1e' + the script's hash, when script changes are tracked
 
 
