@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from .capture import output_to
 from .fingerprints import Fingerprint, content_hash, encode_fingerprints, stat_path
 from .layout import StepSpec, Unit
 from .patterns import TEMP_PREFIX
@@ -190,7 +191,11 @@ def _run(job: StepJob) -> StepResult:
             path=ScriptPaths(spec.inputs.shape(in_paths), spec.outputs.shape(temps)),
             logger=log.logger(),
         )
-        script.run()
+        if job.echo:
+            script.run()
+        else:
+            with output_to(lambda line: log.write(StepStatus.PROCESSING, line)):
+                script.run()
         unwritten = [rel for rel, t in zip(job.outputs, temps, strict=True) if not t.exists()]
         if unwritten:
             raise RuntimeError(f"the script did not write output {', '.join(unwritten)}")

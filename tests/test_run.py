@@ -516,3 +516,24 @@ def test_an_input_newer_than_its_output_makes_the_step_stale(harbor):
     assert init_runs(harbor / "dataset", "REC-20200601") == 4
     assert init_runs(harbor / "dataset", "REC-20200602") == 2
     assert set(statuses(ws.steps).values()) == {StepStatus.DONE}
+
+
+def test_what_a_script_prints_goes_to_its_record_log_when_not_echoing(harbor, capsys):
+    """Under the daemon, standard output is a stream of JSON events: prints must not mix in."""
+    write_script(
+        harbor / "scripts" / "mean.py",
+        'print("calibrating", self.id)\n'
+        'print("a warning", file=sys.stderr)\n'
+        'self.path.output.write_text("x\\n")',
+    )
+    Workspace(harbor, verbose=False).records.get("REC-20200601").steps.run()
+
+    captured = capsys.readouterr()
+    assert "calibrating" not in captured.out and "a warning" not in captured.err
+    messages = [
+        (e["step_status"], e["message"])
+        for e in log_entries(harbor / "dataset", "REC-20200601")
+        if e["step_label"] == "mean"
+    ]
+    assert (20, "calibrating REC-20200601") in messages
+    assert (20, "a warning") in messages
