@@ -137,8 +137,9 @@ class Workspace:
                     pending.append((position, unit))
         if len(pending) > _LISTING_THRESHOLD:
             runs = self.store.read_all()
-        else:
+        else:  # a few units left: stat their paths rather than list whole folders
             runs = self.store.read_record({unit.record_id for _, unit in pending})
+            lookup = DirectStat(dataset)
         runs.update(receipts)
         ctx = PlanContext(
             lookup=lookup,

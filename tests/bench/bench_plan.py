@@ -1,0 +1,424 @@
+"""Benchmark: how long sinagot takes to plan a whole workspace, against the floor and a peer.
+
+    python tests/bench/bench_plan.py N [--workdir DIR] [--keep] [--profile]
+
+It builds a harbor-like workspace of N records (`example/make_dataset.py`, trivial steps),
+runs every step once so that the state store is full, then measures in this process, each
+the best of 3 with `time.perf_counter`:
+
+(a) a full plan with nothing stale: a fresh `Workspace`, record discovery and
+    `plan(units, stale_only=True)`;
+(b) the same after touching one record's raw file (it must find exactly that record's two
+    steps stale);
+(c) planning that one unit alone (the `plan` call only, on a fresh `Workspace`);
+(d) the floor: a bare `os.stat` of every record's raw, count and mean files;
+
+and the peak RSS of a separate process that only plans. Then, as whole processes (wall clock,
+best of 3, peak RSS from GNU `/usr/bin/time` when there is one), with the same record
+touched:
+
+(e) `snakemake -n` over an equivalent Snakefile (two rules, one job per record);
+(f) `sinagot status --stale`.
+
+(e)/(f) need snakemake: `pip install -e '.[bench]'`; without it they are skipped.
+
+`--workdir DIR` keeps the workspace and reuses it when it already holds N records (so repeated
+runs at large N neither rebuild nor rerun); without it a temporary folder is used, removed at
+the end unless `--keep`. `--profile` also prints a cProfile of one (a), top 15 by tottime.
+The touched file gets its mtime back at the end. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import importlib.util
+import os
+import platform
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple, TypeVar
+
+from sinagot import Workspace
+from sinagot.layout import Scope, Unit
+
+ROOT = Path(__file__).resolve().parents[2]
+REPEAT = 3
+T = TypeVar("T")
+
+SNAKEFILE = """\
+# Equivalent of the trivial harbor workspace, for `snakemake -n` (bench_plan.py).
+wildcard_constraints:
+    id="REC-[0-9]{8}",
+
+IDS, = glob_wildcards("raw/{id}-raw.csv")
+
+rule all:
+    input:
+        expand("computed/{id}-count.csv", id=IDS),
+        expand("computed/{id}-mean.csv", id=IDS),
+
+rule count:
+    input: "raw/{id}-raw.csv"
+    output: "computed/{id}-count.csv"
+    shell: "wc -l {input} > {output}"
+
+rule mean:
+    input: "raw/{id}-raw.csv"
+    output: "computed/{id}-mean.csv"
+    shell: "wc -l {input} > {output}"
+"""
+
+# Run in a child process: plans only, and prints its peak RSS (KiB) after imports, after a
+# stale-only plan and after planning every step (as `sinagot status` does). VmHWM, not
+# ru_maxrss: a child's ru_maxrss starts at its parent's peak (Linux keeps it across exec).
+RSS_PROBE = """\
+import sys
+from sinagot import Workspace
+from sinagot.layout import Scope
+def peak():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+base = peak()
+with Workspace(sys.argv[1], verbose=False) as ws:
+    stale = len(ws.plan(ws.units(Scope()), stale_only=True))
+    stale_peak = peak()
+    every = len(ws.plan(ws.units(Scope())))
+print(base, stale_peak, peak(), stale, every)
+"""
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+class Proc(NamedTuple):
+    seconds: float
+    max_rss_kib: int | None
+    returncode: int
+    stdout: str
+
+
+# -- the dataset --------------------------------------------------------------------------
+
+
+def load_make_dataset() -> ModuleType:
+    path = ROOT / "example" / "make_dataset.py"
+    spec = importlib.util.spec_from_file_location("make_dataset", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def raw_folder(dest: Path) -> Path:
+    return dest / "dataset" / "raw"
+
+
+def prepare(dest: Path, n: int, make_dataset: ModuleType) -> None:
+    """Build the workspace at `dest` unless it already holds exactly N records."""
+    raw = raw_folder(dest)
+    have = len(os.listdir(raw)) if raw.is_dir() else 0
+    if have == n and (dest / "workspace.toml").exists():
+        print(f"reusing {dest} ({n} records)")
+        return
+    if have:
+        sys.exit(f"{dest} holds {have} records, not {n}: pick another --workdir")
+    start = time.perf_counter()
+    make_dataset.make_workspace(dest, n, trivial=True)
+    print(f"built {dest} ({n} records) in {time.perf_counter() - start:.1f} s")
+
+
+def run_all(dest: Path) -> None:
+    """Run every stale step, in this process, so that the state store is full."""
+    with Workspace(dest, verbose=False) as ws:
+        plans = ws.plan(ws.units(Scope()), stale_only=True)
+        if not plans:
+            print("every step already done: nothing to run")
+            return
+        start = time.perf_counter()
+        results = ws.execute(plans)
+        took = time.perf_counter() - start
+    failed = sum(not r.ok for r in results)
+    print(
+        f"ran {len(results)} step(s) in {took:.1f} s ({1000 * took / len(results):.2f} ms"
+        f" a step), {failed} failed"
+    )
+    if failed:
+        sys.exit("some steps failed: the benchmark would measure nothing useful")
+
+
+@contextlib.contextmanager
+def touched(path: Path) -> Iterator[None]:
+    """Make `path` newer than everything (both tools then see it changed); restore it after."""
+    before = path.stat()
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+    try:
+        yield
+    finally:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+# -- in-process measurements --------------------------------------------------------------
+
+
+def best_of(measure: Callable[[], tuple[float, T]]) -> tuple[float, T]:
+    """The fastest of REPEAT runs of `measure`, which returns (seconds, result)."""
+    runs = [measure() for _ in range(REPEAT)]
+    return min(runs, key=lambda run: run[0])
+
+
+def full_plan(dest: Path) -> tuple[float, list]:
+    """(a), (b): a fresh Workspace, discovery and a stale-only plan, all timed."""
+    start = time.perf_counter()
+    with Workspace(dest, verbose=False) as ws:
+        plans = ws.plan(ws.units(Scope()), stale_only=True)
+        took = time.perf_counter() - start
+    return took, plans
+
+
+def one_unit_plan(dest: Path, record_id: str) -> tuple[float, list]:
+    """(c): only the plan call, on a fresh Workspace."""
+    with Workspace(dest, verbose=False) as ws:
+        start = time.perf_counter()
+        plans = ws.plan([Unit(record_id)], stale_only=True)
+        took = time.perf_counter() - start
+    return took, plans
+
+
+def stat_paths(dest: Path, ids: list[str]) -> list[str]:
+    dataset = str(dest / "dataset")
+    return [
+        f"{dataset}/{folder}/{rid}-{suffix}.csv"
+        for rid in ids
+        for folder, suffix in (("raw", "raw"), ("computed", "count"), ("computed", "mean"))
+    ]
+
+
+def stat_floor(paths: list[str]) -> tuple[float, int]:
+    """(d): one os.stat a path, nothing else."""
+    stat = os.stat
+    start = time.perf_counter()
+    for path in paths:
+        stat(path)
+    return time.perf_counter() - start, len(paths)
+
+
+def planning_rss(dest: Path) -> tuple[float, float, float]:
+    """Peak RSS (MB) of a process that only plans: after imports, stale-only, every step."""
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(dest)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    base, stale, every = (int(kib) / 1024 for kib in out[:3])
+    return base, stale, every
+
+
+def profile_full_plan(dest: Path) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    full_plan(dest)
+    profiler.disable()
+    print("\ncProfile of one (a), top 15 by tottime:")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(15)
+
+
+# -- whole processes: the peer ------------------------------------------------------------
+
+
+def run_process(cmd: list[str], cwd: Path) -> Proc:
+    """Run `cmd` to its end: wall clock, peak RSS (GNU time, else None), exit code, stdout.
+
+    Not os.wait4's ru_maxrss: Linux carries the parent's peak into its child across exec,
+    so it would report this benchmark's own size.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.NamedTemporaryFile("r") as rss:
+        timed = [GNU_TIME, "-f", "%M", "-o", rss.name, *cmd] if has_gnu_time() else cmd
+        start = time.perf_counter()
+        returncode = subprocess.run(timed, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
+        took = time.perf_counter() - start
+        out.seek(0)
+        peak = rss.read().split()
+        return Proc(took, int(peak[-1]) if peak else None, returncode, out.read())
+
+
+def has_gnu_time() -> bool:
+    return os.access(GNU_TIME, os.X_OK)
+
+
+def best_process(cmd: list[str], cwd: Path) -> Proc:
+    """The fastest of REPEAT runs; the RSS reported is the largest seen."""
+    runs = [run_process(cmd, cwd) for _ in range(REPEAT)]
+    best = min(runs, key=lambda run: run.seconds)
+    peaks = [run.max_rss_kib for run in runs if run.max_rss_kib is not None]
+    return best._replace(max_rss_kib=max(peaks) if peaks else None)
+
+
+def tool(name: str) -> list[str]:
+    """The console script beside this interpreter, or `python -m name`."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", name]
+
+
+def snakemake_dry_run(dest: Path) -> Proc:
+    (dest / "Snakefile").write_text(SNAKEFILE)
+    snakefile = str(dest / "Snakefile")
+    cmd = [*tool("snakemake"), "-n", "--cores", "1", "--quiet", "rules", "-s", snakefile]
+    return best_process(cmd, dest / "dataset")
+
+
+def sinagot_status(dest: Path) -> Proc:
+    return best_process([*tool("sinagot"), "status", "--stale", str(dest)], dest)
+
+
+def snakemake_jobs(stdout: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    jobs: dict[str, int] = {}
+    lines = iter(stdout.splitlines())
+    for line in lines:
+        if line.startswith("Job stats"):
+            break
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            jobs[fields[0]] = int(fields[1])
+        elif jobs and not fields:
+            break
+    return jobs
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+class Report:
+    def __init__(self, n: int) -> None:
+        self.lines = [f"N = {n}"]
+        self.problems: list[str] = []
+
+    def add(self, label: str, value: str) -> None:
+        self.lines.append(f"{label:<34}{value}")
+
+    def check(self, ok: bool, problem: str) -> None:
+        if not ok:
+            self.problems.append(problem)
+            print(f"CHECK FAILED: {problem}")
+
+    def print(self) -> None:
+        print("\n" + "\n".join(self.lines))
+        print(f"machine: {machine()}")
+        print(f"all times: best of {REPEAT}; (a)-(d) in process, (e)/(f) whole processes")
+        for problem in self.problems:
+            print(f"PROBLEM: {problem}")
+
+
+def machine() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = ", " + line.partition(":")[2].strip()
+                break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"nproc {len(os.sched_getaffinity(0))}{cpu}, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}; load average now {load}"
+    )
+
+
+def measure_in_process(dest: Path, n: int, make_dataset: ModuleType, report: Report) -> str:
+    """(a)-(d) and the planning RSS; returns the touched raw file's record ID."""
+    ids = [make_dataset.record_id(i) for i in range(n)]
+    secs_a, plans = best_of(lambda: full_plan(dest))
+    report.check(not plans, f"(a) found {len(plans)} stale step(s), expected none")
+    report.add("(a) full plan, nothing stale", f"{secs_a:.3f} s")
+
+    base, stale, every = planning_rss(dest)
+    target = ids[n // 2]
+    with touched(raw_folder(dest) / f"{target}-raw.csv"):
+        secs, plans = best_of(lambda: full_plan(dest))
+        found = sorted((p.unit.record_id, p.step.name) for p in plans)
+        expected = [(target, "count"), (target, "mean")]
+        report.check(found == expected, f"(b) found {found[:4]}..., expected {expected}")
+        report.add("(b) full plan, one input touched", f"{secs:.3f} s")
+        secs_c, plans = best_of(lambda: one_unit_plan(dest, target))
+        report.check(len(plans) == 2, f"(c) found {len(plans)} stale step(s), expected 2")
+    report.add("(c) one unit", f"{1000 * secs_c:.2f} ms")
+    secs_d, count = best_of(lambda: stat_floor(stat_paths(dest, ids)))
+    report.add("(d) floor: os.stat loop", f"{secs_d:.3f} s ({count} paths)")
+    report.add("(a)/(d)", f"{secs_a / secs_d:.1f}    (target <= 3)")
+    report.add(
+        "planning peak RSS",
+        f"{every:.0f} MB (target < 400 MB); stale only {stale:.0f} MB, after imports {base:.0f} MB",
+    )
+    return target
+
+
+def measure_peer(dest: Path, target: str, report: Report) -> None:
+    """(e) and (f), with the same raw file touched for both."""
+    if importlib.util.find_spec("snakemake") is None:
+        print("snakemake not installed (pip install -e '.[bench]'): skipping (e)/(f)")
+        report.add("(e)/(f)", "skipped: snakemake not installed")
+        return
+    with touched(raw_folder(dest) / f"{target}-raw.csv"):
+        snake = snakemake_dry_run(dest)
+        ours = sinagot_status(dest)
+    jobs = snakemake_jobs(snake.stdout)
+    report.check(snake.returncode == 0, f"(e) snakemake exited {snake.returncode}")
+    report.check(
+        jobs.get("count") == 1 and jobs.get("mean") == 1,
+        f"(e) snakemake would run {jobs or snake.stdout[-500:]}, expected count 1, mean 1",
+    )
+    report.check(ours.returncode == 0, f"(f) sinagot exited {ours.returncode}")
+    counts = [line for line in ours.stdout.splitlines() if " step(s)" in line]
+    report.check(any(line.startswith("2 step(s)") for line in counts), f"(f) sinagot said {counts}")
+    report.add("(e) snakemake -n", f"{snake.seconds:.2f} s, peak RSS {mb(snake)}")
+    report.add("(f) sinagot status --stale", f"{ours.seconds:.2f} s, peak RSS {mb(ours)}")
+    report.add("(e)/(f)", f"{snake.seconds / ours.seconds:.0f}    (target >= 10 at N = 10000)")
+
+
+def mb(proc: Proc) -> str:
+    if proc.max_rss_kib is None:
+        return f"n/a (no {GNU_TIME})"
+    return f"{proc.max_rss_kib / 1024:.0f} MB"
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, help="number of records")
+    parser.add_argument("--workdir", type=Path, help="build (or reuse) the workspace here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    parser.add_argument("--profile", action="store_true", help="cProfile one (a) as well")
+    args = parser.parse_args()
+
+    make_dataset = load_make_dataset()
+    temporary = args.workdir is None
+    dest = Path(tempfile.mkdtemp(prefix="bench-plan-")) if temporary else args.workdir.resolve()
+    report = Report(args.n)
+    try:
+        prepare(dest, args.n, make_dataset)
+        run_all(dest)
+        target = measure_in_process(dest, args.n, make_dataset, report)
+        measure_peer(dest, target, report)
+        report.print()
+        if args.profile:
+            profile_full_plan(dest)
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(dest, ignore_errors=True)
+        elif temporary:
+            print(f"kept {dest}")
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
