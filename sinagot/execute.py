@@ -7,6 +7,7 @@ chain (the later steps are reported skipped) and never touches the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -52,7 +53,8 @@ class LocalExecutor:
         for chain in chains:
             on_start(chain)
             previous: StepResult | None = None
-            for job in chain:
+            generation = uuid.uuid4().hex[:8]
+            for job in (dataclasses.replace(j, run_id=f"{j.key}-{generation}") for j in chain):
                 result = run_step(job) if previous is None else run_after(job, previous)
                 on_results([(job, result)])
                 results.append(result)
@@ -130,6 +132,7 @@ class DaskExecutor:
         futures: list[Future] = []
         for job in chain:
             key = task_key(job, token)
+            job = dataclasses.replace(job, run_id=key)
             if futures:
                 future = client.submit(
                     run_after, job, futures[-1], key=key, priority=priority, pure=False

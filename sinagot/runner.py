@@ -3,12 +3,14 @@
 `run_step` is what a Dask worker executes, so it takes and returns plain picklable data and
 never touches the state store: the submitting process records the result. So that a result
 is never lost when the submitter dies before hearing of it, the worker also leaves a
-*receipt* (the result as JSON) in the state folder once the outputs are in place; the next
-writer ingests receipts before it plans.
+*receipt* (the result as JSON) in `<dataset>/.sinagot/receipts/` once the outputs are in
+place; the next writer ingests receipts before it plans.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -45,6 +47,7 @@ class StepJob:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     receipts: str | None = None  # folder for receipts; None: leave none
+    run_id: str = ""  # names this run (its Dask key): its receipt and its lock
     workspace_version: str | None = None
     hash_inputs: bool = False
     echo: bool = False
@@ -69,6 +72,7 @@ class StepResult:
     outputs: str = ""
     input_hashes: str | None = None
     code_hash: str | None = None
+    run_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -98,8 +102,12 @@ class StepResult:
         return cls(**data)
 
 
-def receipt_name(unit: Unit, step: str) -> str:
-    return f"{unit.key}~{step}.json"
+def receipt_name(run_id: str) -> str:
+    return f"{run_id}.json"
+
+
+def lock_name(run_id: str) -> str:
+    return f".{run_id}.lock"
 
 
 def temp_path(final: Path, token: str = "") -> Path:
@@ -108,11 +116,29 @@ def temp_path(final: Path, token: str = "") -> Path:
 
 
 def run_step(job: StepJob) -> StepResult:
-    """Run one step. Never raises for a problem of the step itself: it reports it."""
-    result = _run(job)
-    if job.receipts is not None and result.state is not None:
-        _write_receipt(Path(job.receipts), result)
-    return result
+    """Run one step. Never raises for a problem of the step itself: it reports it.
+
+    A run is done at most once: it holds a lock named after its `run_id` while it runs and
+    leaves a receipt when it is done, so a second attempt at the same run (Dask recomputing
+    a result lost with a worker, a resubmission after the scheduler came back while the
+    first attempt still ran) waits for the first and returns its result.
+    """
+    if job.receipts is None or not job.run_id:
+        return _run(job)
+    folder = Path(job.receipts)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / lock_name(job.run_id), os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        receipt = folder / receipt_name(job.run_id)
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            return StepResult.from_json(receipt.read_text())
+        result = _run(job)
+        if result.state is not None:
+            _write_receipt(receipt, result)
+        return result
+    finally:
+        os.close(fd)
 
 
 def run_after(job: StepJob, previous: StepResult) -> StepResult:
@@ -136,7 +162,9 @@ def _run(job: StepJob) -> StepResult:
     started = time.time()
 
     def finish(outcome: Outcome, error: str | None = None, **extra: str | None) -> StepResult:
-        return StepResult(unit, spec.name, outcome, started, time.time(), error, **extra)
+        return StepResult(
+            unit, spec.name, outcome, started, time.time(), error, run_id=job.run_id, **extra
+        )
 
     log.write(StepStatus.INIT, "Init run")
     dataset = Path(job.dataset)
@@ -212,9 +240,7 @@ def _run(job: StepJob) -> StepResult:
     return finish(Outcome.DONE, outputs=outputs, **ran)
 
 
-def _write_receipt(folder: Path, result: StepResult) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / receipt_name(result.unit, result.step)
+def _write_receipt(final: Path, result: StepResult) -> None:
     temp = temp_path(final, uuid.uuid4().hex[:8])
     temp.write_text(result.to_json())
     os.replace(temp, final)

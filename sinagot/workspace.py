@@ -19,7 +19,7 @@ from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
-from .runner import StepJob, StepResult, receipt_name
+from .runner import StepJob, StepResult, lock_name, receipt_name
 from .scripts import code_hash
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
 
@@ -90,7 +90,9 @@ class Workspace:
 
     @property
     def receipts(self) -> Path:
-        return self.config.state_dir / RECEIPTS
+        """Where workers leave receipts: in the dataset, which every worker shares, even
+        when the state store was moved to the daemon's local disk."""
+        return self.config.dataset / ".sinagot" / RECEIPTS
 
     def check_id(self, record_id: str) -> str:
         return check_record_id(record_id, self.config.id_regex)
@@ -216,11 +218,17 @@ class Workspace:
 
     def ingest_receipts(self) -> None:
         """Record results that a writer's workers reported but it never recorded (it died)."""
-        results = list(self._read_receipts())
+        results = sorted(self._read_receipts(), key=lambda r: r.finished)
         if results:
             self.store.record(results)
+            self.forget(results)
+
+    def forget(self, results: Iterable[StepResult]) -> None:
+        """Drop the receipts (and locks) of recorded runs whose whole unit has landed."""
         for result in results:
-            (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
+            if result.run_id:
+                (self.receipts / receipt_name(result.run_id)).unlink(missing_ok=True)
+                (self.receipts / lock_name(result.run_id)).unlink(missing_ok=True)
 
     def _ingest_if_free(self) -> None:
         """Record pending receipts if no other writer is at work (it would ingest them)."""
@@ -236,11 +244,8 @@ class Workspace:
             self.lock.release()
 
     def record(self, results: Sequence[StepResult]) -> None:
-        """Record finished steps in the store, then drop their receipts."""
+        """Record finished steps in the store (their receipts stay until `forget`)."""
         self.store.record(results)
-        for result in results:
-            if result.state is not None:
-                (self.receipts / receipt_name(result.unit, result.step)).unlink(missing_ok=True)
 
     def execute(
         self,
@@ -256,13 +261,20 @@ class Workspace:
             self._ingest_if_free()
             return []
 
+        left = {unit: len(chain) for unit, chain in chains.items()}
+        landed: dict[Unit, list[StepResult]] = {}
+
         def started(chain: Sequence[StepJob]) -> None:
             self.store.mark_submitted([(job.unit, job.spec.name) for job in chain])
 
         def finished(items: Sequence[tuple[StepJob, StepResult]]) -> None:
             self.record([result for _, result in items])
-            if on_result is not None:
-                for _, result in items:
+            for job, result in items:
+                landed.setdefault(job.unit, []).append(result)
+                left[job.unit] -= 1
+                if not left[job.unit]:
+                    self.forget(landed.pop(job.unit))
+                if on_result is not None:
                     on_result(result)
 
         with self.writing():

@@ -56,6 +56,7 @@ class Flight:
     generation: str  # names this run's Dask keys; kept when resubmitting after a lost cluster
     blocked: bool = False  # a step could not run (not the script's fault): retry later
     lost: bool = False  # the cluster lost it: resubmit
+    results: list[StepResult] = field(default_factory=list)
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Daemon:
         self.waiting: list[tuple[float, int, Unit]] = []  # heap: (-priority, seq, unit)
         self.waiting_plans: dict[Unit, list[StepPlan]] = {}
         self.dirty: set[Unit] = set()
-        self.retry_at: dict[Unit, tuple[float, float]] = {}  # unit -> (when, backoff)
+        self.retry_at: dict[Unit, float] = {}  # unit -> when to try again
+        self.backoff: dict[Unit, float] = {}  # unit -> the wait before its last retry
         self.lost_generations: dict[Unit, str] = {}  # in flight when the cluster was lost
         self.failed_steps = 0
         self.stops = 0
@@ -222,12 +224,14 @@ class Daemon:
             self.replan([Unit(r, t, m) for r in ids for t, m in keys])
         units = self.units_settle.due(now)
         if units:
+            for unit in units:  # its files changed: a retry need not wait any more
+                self.backoff.pop(unit, None)
             self.replan(units)
         if now >= self._next_requests:
             self._next_requests = now + REQUESTS_EVERY
             for request in take_requests(self.ws.config.state_dir):
                 self._requested(request)
-        for unit, (when, _) in list(self.retry_at.items()):
+        for unit, when in list(self.retry_at.items()):
             if now >= when and unit not in self.in_flight:
                 self.replan([unit])
         if self.watcher is not None and not self.watcher.alive():
@@ -302,20 +306,31 @@ class Daemon:
         generation = self.lost_generations.pop(unit, None) or uuid.uuid4().hex[:8]
         flight = Flight(next(self._ids), jobs, len(jobs), generation)
         self.ws.store.mark_submitted([(job.unit, job.spec.name) for job in jobs])
+        ended = self.messages.put
+        try:
+            self.executor.submit(
+                jobs, lambda job, future: ended(StepEnded(flight.id, job, future)), generation
+            )
+        except Exception as exc:  # the client closed under us: the scheduler is gone
+            self.lost_generations[unit] = generation
+            self._requeue(unit, plans)
+            self._cluster_lost(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            return
         self.in_flight[unit] = flight
         self._idle = False
         for plan in plans:
             self.log.info("step.submitted", **_where(unit), step=plan.step.name,
                           reasons=list(plan.reasons))  # fmt: skip
-        ended = self.messages.put
-        self.executor.submit(
-            jobs, lambda job, future: ended(StepEnded(flight.id, job, future)), generation
-        )
+
+    def _requeue(self, unit: Unit, plans: list[StepPlan]) -> None:
+        self.waiting_plans[unit] = plans
+        heapq.heappush(self.waiting, (0.0, next(self._ids), unit))
 
     # -- results ----------------------------------------------------------------------------
 
     def _ended(self, messages: list[StepEnded]) -> None:
         results: list[StepResult] = []
+        landed: list[tuple[Unit, Flight]] = []
         for message in messages:
             flight = self.in_flight.get(message.job.unit)
             if flight is None or flight.id != message.flight:
@@ -327,12 +342,15 @@ class Daemon:
                 flight.lost = True
             else:
                 results.append(result)
+                flight.results.append(result)
                 self._report(result)
             flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
             flight.left -= 1
             if not flight.left:
-                self._landed(message.job.unit, flight)
-        self.ws.record(results)
+                landed.append((message.job.unit, flight))
+        self.ws.record(results)  # recorded before any receipt is dropped
+        for unit, flight in landed:
+            self._landed(unit, flight)
         self._fill()
 
     def _report(self, result: StepResult) -> None:
@@ -352,10 +370,13 @@ class Daemon:
             self.dirty.discard(unit)
             self.replan([unit])  # the cluster lost it: submit it again
             return
-        if flight.blocked:
-            _, backoff = self.retry_at.get(unit, (0.0, self.settings.retry_seconds / 2))
-            backoff = min(backoff * 2, 3600.0)
-            self.retry_at[unit] = (self.clock() + backoff, backoff)
+        self.ws.forget(flight.results)
+        if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
+            backoff = self.backoff.get(unit, self.settings.retry_seconds / 2) * 2
+            self.backoff[unit] = min(backoff, 3600.0)
+            self.retry_at[unit] = self.clock() + self.backoff[unit]
+        else:
+            self.backoff.pop(unit, None)
         if unit in self.dirty:
             self.dirty.discard(unit)
             self.replan([unit])
@@ -369,11 +390,7 @@ class Daemon:
         if self._reconnect_at is None:
             if self.connection.client.status in ("running", "connecting"):
                 return
-            self.log.warning("cluster.lost", scheduler=self.connection.scheduler,
-                             in_flight=len(self.in_flight))  # fmt: skip
-            self._reconnect_at = now
-            with contextlib.suppress(Exception):
-                self.executor.close()
+            self._cluster_lost(f"client {self.connection.client.status}")
         if now < self._reconnect_at:
             return
         try:
@@ -393,6 +410,15 @@ class Daemon:
         self.ws.ingest_receipts()
         self.replan(lost)
 
+    def _cluster_lost(self, why: str) -> None:
+        if self._reconnect_at is not None:
+            return
+        self.log.warning("cluster.lost", scheduler=self.connection.scheduler if self.connection
+                         else None, in_flight=len(self.in_flight), error=why)  # fmt: skip
+        self._reconnect_at = self.clock()
+        with contextlib.suppress(Exception):
+            self.executor.close()
+
     def _requested(self, request: RunRequest) -> None:
         """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue."""
         scope = Scope()
@@ -400,9 +426,8 @@ class Daemon:
             for name in (request.task, request.modality):
                 if name is not None:
                     scope = self.ws.layout.narrow(scope, name, "workspace")
-            ids = (
-                None if request.records is None else [self.ws.check_id(r) for r in request.records]
-            )
+            records = request.records
+            ids = None if records is None else [self.ws.check_id(r) for r in records]
         except (AttributeError, ValueError) as exc:
             self.log.error("run.refused", error=str(exc))
             return

@@ -8,6 +8,7 @@ the only waiting is polling (with a deadline) for a subprocess to reach a given 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -679,8 +680,9 @@ def run_unrecorded(root: Path, record_id: str, step: str) -> Path:
         units = ws.units(ws.records.scope, [record_id])
         (plan,) = [p for p in ws.plan(units) if p.step.name == step]
         assert plan.run
-        assert run_step(ws.job(plan)).ok
-        receipt = ws.receipts / f"{record_id}~{step}.json"
+        job = dataclasses.replace(ws.job(plan), run_id=f"{step}-{record_id}-0badcafe")
+        assert run_step(job).ok
+        receipt = ws.receipts / f"{job.run_id}.json"
     assert receipt.exists()
     return receipt
 
@@ -848,3 +850,19 @@ def test_planning_many_units_at_once_decides_as_planning_each_alone(tmp_path, ma
         ("REC-00000090", "count"), ("REC-00000090", "mean"),
         ("REC-00000091", "count"), ("REC-00000091", "mean"),
     }  # fmt: skip
+
+
+def test_a_second_attempt_at_the_same_run_returns_the_first_result(harbor: Path) -> None:
+    """Dask may run a task again (its result was lost with a worker, or it was resubmitted
+    after the scheduler came back): the step itself runs once."""
+    dataset = harbor / "dataset"
+    with Workspace(harbor, verbose=False) as ws:
+        (plan,) = [
+            p
+            for p in ws.plan(ws.units(ws.records.scope, ["REC-20200601"]))
+            if p.step.name == "count"
+        ]
+        job = dataclasses.replace(ws.job(plan), run_id="count-REC-20200601-00c0ffee")
+        first, second = run_step(job), run_step(job)
+    assert first.ok and second == first
+    assert init_runs(dataset) == Counter({harbor_key("REC-20200601", "count"): 1})
