@@ -30,10 +30,14 @@ class Connection:
 
     client: Client
     cluster: LocalCluster | None
+    _address: str | None = None
 
     @property
     def scheduler(self) -> str:
-        return "embedded" if self.cluster is not None else self.client.scheduler.address
+        if self.cluster is not None:
+            return "embedded"
+        scheduler = self.client.scheduler  # None once the client is closed
+        return scheduler.address if scheduler is not None else str(self._address)
 
     @property
     def dashboard(self) -> str | None:
@@ -53,7 +57,7 @@ def connect(address: str | None, settings: DaskSettings, timeout: float = 10) ->
     from distributed import Client, LocalCluster
 
     if address:
-        return Connection(Client(address, timeout=timeout, set_as_default=False), None)
+        return Connection(Client(address, timeout=timeout, set_as_default=False), None, address)
     cluster = LocalCluster(
         n_workers=settings.n_workers,
         threads_per_worker=settings.threads_per_worker,

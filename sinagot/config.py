@@ -32,9 +32,9 @@ KNOWN_TABLES = (
 #: (tests/test_config.py checks this list against the real objects).
 RESERVED_NAMES = frozenset(
     {"all", "check_id", "close", "config", "count", "dataset", "execute", "executor", "first",
-     "forget", "get", "has", "head", "id", "ids", "ingest_receipts", "iter_ids", "job", "layout",
-     "lock", "logs", "modality", "plan", "receipts", "record", "records", "run", "scope",
-     "status", "steps", "store", "task", "units", "verbose", "writing"}
+     "forget", "generation", "get", "has", "head", "id", "ids", "ingest_receipts", "iter_ids",
+     "job", "layout", "lock", "logs", "modality", "plan", "receipts", "record", "records", "run",
+     "scope", "status", "steps", "store", "task", "units", "verbose", "writing"}
 )  # fmt: skip
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 

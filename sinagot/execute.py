@@ -13,7 +13,6 @@ import hashlib
 import os
 import queue
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -27,15 +26,17 @@ if TYPE_CHECKING:
     from .layout import Unit
 
 Chain = Sequence[StepJob]
+#: A chain to run and the name of this run of it (see `chain_token`).
+Named = tuple[Chain, str]
 #: Called with a chain just before any of its steps may start (the store marks them then).
-StartCallback = Callable[[Chain], None]
+StartCallback = Callable[[Chain, str], None]
 #: Called with results as they arrive, in batches (the store records them then).
 ResultsCallback = Callable[[Sequence[tuple[StepJob, StepResult]]], None]
 
 
 class Executor(Protocol):
     def run(
-        self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
+        self, chains: Sequence[Named], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         """Run each chain's jobs in order; a failure ends its chain, never the others."""
         ...
@@ -47,14 +48,14 @@ class LocalExecutor:
     """Runs steps one after the other in the calling process."""
 
     def run(
-        self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
+        self, chains: Sequence[Named], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         results = []
-        for chain in chains:
-            on_start(chain)
+        for chain, generation in chains:
+            on_start(chain, generation)
             previous: StepResult | None = None
-            generation = uuid.uuid4().hex[:8]
-            for job in (dataclasses.replace(j, run_id=f"{j.key}-{generation}") for j in chain):
+            token = chain_token(chain, generation)
+            for job in (dataclasses.replace(j, run_id=task_key(j, token)) for j in chain):
                 result = run_step(job) if previous is None else run_after(job, previous)
                 on_results([(job, result)])
                 results.append(result)
@@ -74,23 +75,12 @@ def newest_input(chain: Chain) -> int:
     return newest
 
 
-def chain_token(chain: Chain, generation: str = "") -> str:
-    """Names this run of a chain: its dataset, its inputs as they are, its scripts' code,
-    and the submitter's `generation` for it. Submitting the same run again (after losing
-    the scheduler connection, say) gives the same Dask keys and attaches to the tasks
-    already there instead of running a second copy; a new run gets new keys."""
-    digest = hashlib.blake2b(digest_size=4)
-    digest.update(f"{chain[0].dataset}\0{generation}\0".encode())
-    for rel in chain[0].inputs:
-        try:
-            st = os.stat(f"{chain[0].dataset}/{rel}")
-            digest.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
-        except OSError:
-            digest.update(f"{rel}:-;".encode())
-    for job in chain:
-        with contextlib.suppress(OSError):
-            digest.update(job.spec.script.read_bytes())
-    return digest.hexdigest()
+def chain_token(chain: Chain, generation: str) -> str:
+    """Names one run of a chain: its dataset and the submitter's `generation` for it (new
+    for each run, kept when the same run is submitted again after its submitter lost the
+    scheduler or died). Same run, same Dask keys: a copy of a step still running on a worker
+    is waited for (see `run_step`), never run twice."""
+    return hashlib.blake2b(f"{chain[0].dataset}\0{generation}".encode(), digest_size=4).hexdigest()
 
 
 def task_key(job: StepJob, token: str) -> str:
@@ -146,16 +136,15 @@ class DaskExecutor:
     def run(
         self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
-        waiting = deque(sorted(chains, key=newest_input, reverse=True))
-        generation = uuid.uuid4().hex[:8]  # every call is a new run
+        waiting = deque(sorted(chains, key=lambda named: newest_input(named[0]), reverse=True))
         ended: queue.Queue[tuple[StepJob, Future]] = queue.Queue()
         left: dict[Unit, int] = {}  # unit -> steps not yet reported
         results: list[StepResult] = []
 
         def fill() -> None:
             while waiting and len(left) < self.max_in_flight:
-                chain = waiting.popleft()
-                on_start(chain)
+                chain, generation = waiting.popleft()
+                on_start(chain, generation)
                 left[chain[0].unit] = len(chain)
                 self.submit(chain, lambda job, future: ended.put((job, future)), generation)
 

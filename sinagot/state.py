@@ -27,7 +27,7 @@ from .layout import Unit
 if TYPE_CHECKING:
     from .runner import StepResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "state.db"
 LOCK_NAME = "writer.lock"
 RECEIPTS = "receipts"
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     started REAL,
     finished REAL,
-    submitted REAL                -- set while a run is queued or running; NULL otherwise
+    submitted REAL,               -- set while a run is queued or running; NULL otherwise
+    generation TEXT               -- names the submitted run (its Dask keys, its receipts)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_record ON runs (record_id);
 """
@@ -116,7 +117,12 @@ class StateStore:
         if write:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            if version < SCHEMA_VERSION:
+            if version == 1:  # upgrade in place: schema 2 names each submitted run
+                db.executescript(
+                    f"ALTER TABLE runs ADD COLUMN generation TEXT;"
+                    f"PRAGMA user_version={SCHEMA_VERSION};"
+                )
+            elif version < SCHEMA_VERSION:
                 db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
         if self._db is not None:
             self._db.close()
@@ -177,20 +183,38 @@ class StateStore:
 
     # -- writing (the writer lock's holder only) ----------------------------------------------
 
-    def mark_submitted(self, items: Iterable[tuple[Unit, str]]) -> None:
-        """Before steps may begin: so that a kill from here on is seen as incomplete."""
+    def mark_submitted(self, items: Iterable[tuple[Unit, str]], generation: str) -> None:
+        """Before steps may begin: so that a kill from here on is seen as incomplete, and
+        the next submitter can name a resubmission as this run (`pending_generation`)."""
         db = self._connect(write=True)
         now = time.time()
         rows = [
-            (run_key(u, s), u.record_id, u.task or "", u.modality or "", s, now) for u, s in items
+            (run_key(u, s), u.record_id, u.task or "", u.modality or "", s, now, generation)
+            for u, s in items
         ]
         with _transaction(db):
             db.executemany(
-                "INSERT INTO runs (key, record_id, task, modality, step, submitted) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET submitted = excluded.submitted",
+                "INSERT INTO runs (key, record_id, task, modality, step, submitted, generation) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "submitted = excluded.submitted, generation = excluded.generation",
                 rows,
             )
+
+    def pending_generation(self, unit: Unit, steps: Iterable[str]) -> str | None:
+        """The generation of a run of these steps submitted but never finished (its
+        submitter died): submitting it again under the same name lets a copy still running
+        on a worker be waited for instead of run twice."""
+        db = self._connect(write=False)
+        if db is None:
+            return None
+        keys = [run_key(unit, step) for step in steps]
+        marks = ",".join("?" * len(keys))
+        row = db.execute(
+            f"SELECT generation FROM runs WHERE key IN ({marks}) AND submitted IS NOT NULL "
+            "AND generation IS NOT NULL LIMIT 1",
+            keys,
+        ).fetchone()
+        return row[0] if row else None
 
     def record(self, results: Iterable[StepResult]) -> None:
         """Finished runs (done or failed); a step that could not run just leaves the queue."""

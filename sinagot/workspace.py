@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .cluster import ENV_ADDRESS, resolve_address
@@ -216,9 +217,14 @@ class Workspace:
         finally:
             self.lock.release()
 
-    def ingest_receipts(self) -> None:
-        """Record results that a writer's workers reported but it never recorded (it died)."""
-        results = sorted(self._read_receipts(), key=lambda r: r.finished)
+    def ingest_receipts(self, busy: Container[Unit] = ()) -> None:
+        """Record results that a writer's workers reported but it never recorded (it died).
+
+        Receipts of `busy` units (on the cluster now) stay: a worker may need them again.
+        """
+        results = sorted(
+            (r for r in self._read_receipts() if r.unit not in busy), key=lambda r: r.finished
+        )
         if results:
             self.store.record(results)
             self.forget(results)
@@ -264,8 +270,8 @@ class Workspace:
         left = {unit: len(chain) for unit, chain in chains.items()}
         landed: dict[Unit, list[StepResult]] = {}
 
-        def started(chain: Sequence[StepJob]) -> None:
-            self.store.mark_submitted([(job.unit, job.spec.name) for job in chain])
+        def started(chain: Sequence[StepJob], generation: str) -> None:
+            self.store.mark_submitted([(job.unit, job.spec.name) for job in chain], generation)
 
         def finished(items: Sequence[tuple[StepJob, StepResult]]) -> None:
             self.record([result for _, result in items])
@@ -278,7 +284,14 @@ class Workspace:
                     on_result(result)
 
         with self.writing():
-            return self.executor.run(list(chains.values()), started, finished)
+            named = [(chain, self.generation(unit, chain)) for unit, chain in chains.items()]
+            return self.executor.run(named, started, finished)
+
+    def generation(self, unit: Unit, chain: Sequence[StepJob]) -> str:
+        """A new name for this run of a unit's chain, or the name of a run of it that was
+        submitted and never finished (its copy may still run on a worker)."""
+        pending = self.store.pending_generation(unit, [job.spec.name for job in chain])
+        return pending or uuid.uuid4().hex[:8]
 
     @property
     def executor(self) -> Executor:

@@ -14,7 +14,6 @@ import os
 import queue
 import signal
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +258,7 @@ class Daemon:
 
     def reconcile(self) -> tuple[int, int]:
         """Plan every unit not in flight and queue what is stale: events are only hints."""
-        self.ws.ingest_receipts()
+        self.ws.ingest_receipts(busy=self.in_flight)
         units = self.ws.units(Scope())
         free = [u for u in units if u not in self.in_flight]
         self.dirty.update(u for u in units if u in self.in_flight)
@@ -303,9 +302,9 @@ class Daemon:
 
     def _submit(self, unit: Unit, plans: list[StepPlan]) -> None:
         jobs = [self.ws.job(plan) for plan in plans]
-        generation = self.lost_generations.pop(unit, None) or uuid.uuid4().hex[:8]
+        generation = self.lost_generations.pop(unit, None) or self.ws.generation(unit, jobs)
         flight = Flight(next(self._ids), jobs, len(jobs), generation)
-        self.ws.store.mark_submitted([(job.unit, job.spec.name) for job in jobs])
+        self.ws.store.mark_submitted([(job.unit, job.spec.name) for job in jobs], generation)
         ended = self.messages.put
         try:
             self.executor.submit(
@@ -338,7 +337,8 @@ class Daemon:
             result = result_of(message.future, message.job)
             with contextlib.suppress(Exception):
                 message.future.release()
-            if result.outcome is Outcome.NOT_RUN and _lost(result):
+            client_down = self.connection is None or self.connection.client.status != "running"
+            if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
                 flight.lost = True
             else:
                 results.append(result)
@@ -366,9 +366,9 @@ class Daemon:
 
     def _landed(self, unit: Unit, flight: Flight) -> None:
         del self.in_flight[unit]
-        if flight.lost:
+        if flight.lost:  # submitted again, under the same name, once the cluster is back
             self.dirty.discard(unit)
-            self.replan([unit])  # the cluster lost it: submit it again
+            self.lost_generations[unit] = flight.generation
             return
         self.ws.forget(flight.results)
         if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
@@ -388,6 +388,8 @@ class Daemon:
         if self.connection is None:
             return
         if self._reconnect_at is None:
+            if self.connection.client.status == "running" and self.lost_generations:
+                self._resubmit_lost()
             if self.connection.client.status in ("running", "connecting"):
                 return
             self._cluster_lost(f"client {self.connection.client.status}")
@@ -402,19 +404,30 @@ class Daemon:
             self.log.warning("cluster.unreachable", error=error, retry_in_s=self._reconnect_backoff)
             return
         self._reconnect_at, self._reconnect_backoff = None, 1.0
-        lost = list(self.in_flight)
         self.lost_generations.update({u: f.generation for u, f in self.in_flight.items()})
         self.in_flight.clear()
         self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
-                      resubmitting=len(lost))  # fmt: skip
-        self.ws.ingest_receipts()
+                      resubmitting=len(self.lost_generations))  # fmt: skip
+        self._resubmit_lost()
+
+    def _resubmit_lost(self) -> None:
+        """Units the cluster lost: record what their workers finished, plan them again
+        (fresh: the plans made before may be out of date), submit under their old names."""
+        lost = [u for u in self.lost_generations if u not in self.in_flight]
+        self.ws.ingest_receipts(busy=self.in_flight)
+        for unit in lost:
+            self.waiting_plans.pop(unit, None)
         self.replan(lost)
+        for unit in lost:  # up to date after all: nothing to resubmit under that name
+            if unit not in self.in_flight and unit not in self.waiting_plans:
+                self.lost_generations.pop(unit, None)
 
     def _cluster_lost(self, why: str) -> None:
         if self._reconnect_at is not None:
             return
-        self.log.warning("cluster.lost", scheduler=self.connection.scheduler if self.connection
-                         else None, in_flight=len(self.in_flight), error=why)  # fmt: skip
+        in_flight = len(set(self.in_flight) | set(self.lost_generations))
+        scheduler = self.connection.scheduler if self.connection else None
+        self.log.warning("cluster.lost", scheduler=scheduler, in_flight=in_flight, error=why)
         self._reconnect_at = self.clock()
         with contextlib.suppress(Exception):
             self.executor.close()
@@ -522,4 +535,7 @@ def _under(path: str, folder: Path) -> bool:
 def _lost(result: StepResult) -> bool:
     """The cluster lost the task (scheduler gone): not the step's fault, not a result."""
     error = result.error or ""
-    return error.startswith(("CancelledError", "FutureCancelledError", "CommClosedError"))
+    return error.startswith(
+        ("CancelledError", "FutureCancelledError", "CommClosedError", "ClosedClientError",
+         "RuntimeError: IOLoop is closed", "FutureLostError")
+    )  # fmt: skip

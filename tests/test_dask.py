@@ -392,38 +392,38 @@ def test_a_failing_step_stops_only_its_own_chain_on_dask(eeg, scheduler):
 # -- task keys ---------------------------------------------------------------------------
 
 
-def _keys(workspace: Path) -> dict[str, str]:
-    """{step-unit: Dask task key} of every step that would run."""
+def _keys(workspace: Path, generation: str) -> dict[str, str]:
+    """{step-unit: Dask task key} of every step that would run, for one run's generation."""
     with Workspace(workspace, verbose=False) as ws:
         chains = collections.defaultdict(list)
         for plan in ws.plan(ws.units(Scope()), stale_only=True):
             chains[plan.unit].append(ws.job(plan))
-        return {job.key: task_key(job, chain_token(c)) for c in chains.values() for job in c}
+        return {
+            job.key: task_key(job, chain_token(c, generation)) for c in chains.values() for job in c
+        }
 
 
-def test_task_keys_are_readable_and_change_only_with_their_inputs(harbor):
-    keys = _keys(harbor)
+def test_task_keys_are_readable_and_name_one_run(harbor, tmp_path):
+    keys = _keys(harbor, "run-1")
     assert sorted(keys) == sorted(f"{s}-{r}" for r in HARBOR_IDS for s in ("count", "mean"))
     for name, key in keys.items():
         assert re.fullmatch(re.escape(name) + r"-[0-9a-f]{8}", key)
-    token = keys["count-REC-20200601"].rsplit("-", 1)[1]
-    assert keys["mean-REC-20200601"] == f"mean-REC-20200601-{token}", "one token a chain"
-    assert len({k.rsplit("-", 1)[1] for k in keys.values()}) == 3, "one token a record"
-    assert _keys(harbor) == keys, "unchanged inputs, same keys"
+    assert _keys(harbor, "run-1") == keys, "the same run submitted again: the same keys"
+    again = _keys(harbor, "run-2")
+    assert not set(again.values()) & set(keys.values()), "a new run: new keys"
+    copy = shutil.copytree(harbor, tmp_path / "copy")
+    assert not set(_keys(copy, "run-1").values()) & set(keys.values()), "another dataset"
 
-    raw = harbor / "dataset" / "raw" / "REC-20200601-raw.csv"
-    stat = raw.stat()
-    raw.write_text(raw.read_text() + raw.read_text().splitlines()[-1] + "\n")
-    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a copy that kept the mtime
-    changed = _keys(harbor)
-    assert changed["count-REC-20200601"] != keys["count-REC-20200601"]
-    assert changed["mean-REC-20200601"] != keys["mean-REC-20200601"]
-    assert {k: v for k, v in changed.items() if "0601" not in k} == {
-        k: v for k, v in keys.items() if "0601" not in k
-    }
 
-    os.utime(harbor / "dataset" / "raw" / "REC-20200602-raw.csv", (1e9, 1e9))  # touched only
-    assert _keys(harbor)["count-REC-20200602"] != keys["count-REC-20200602"]
+def test_a_run_resubmitted_after_its_submitter_died_keeps_its_name(harbor):
+    """A copy of it may still run on a worker: the same name lets it be waited for."""
+    with Workspace(harbor, verbose=False) as ws:
+        unit = ws.units(Scope(), ["REC-20200601"])[0]
+        chain = [ws.job(p) for p in ws.plan([unit]) if p.run]
+        assert ws.generation(unit, chain) != ws.generation(unit, chain), "fresh each time"
+        ws.store.mark_submitted([(unit, job.spec.name) for job in chain], "0ldrun00")
+    with Workspace(harbor, verbose=False) as ws:  # the submitter died; another one comes
+        assert ws.generation(unit, chain) == "0ldrun00"
 
 
 # -- newest first ----------------------------------------------------------------------------

@@ -1,0 +1,642 @@
+"""Benchmark: the real `sinagotd`, as a subprocess, reacting to new files.
+
+    python tests/bench/bench_daemon.py [--part a|b|c|all] [--workdir DIR] [--n-big 100000]
+                                       [--drops 200] [--burst 10000] [--prepare once|run]
+
+Each part writes a harbor-like workspace (`example/make_dataset.py`, trivial plain-Python
+steps) with `[daemon] settle_seconds = 0.2` and `[dask] n_workers = 2, threads_per_worker =
+1, dashboard_address = ":0"`, starts `python -m sinagotd WS --log-format json` in its own
+process group, and reads its stdout as JSON events. Latencies compare an event's
+`timestamp` (ISO 8601 UTC, taken by the daemon) with `time.time()` taken by this process
+right after it wrote a file: the same wall clock. A file is *settled* settle_seconds after
+it was completely written, so
+
+    submit latency = step.submitted (first step of the record) - (written + settle_seconds)
+    finish latency = step.finished (its last step)              - (written + settle_seconds)
+
+(a) 1,000 records, brought up to date by the daemon's first scan; then `--drops` (200) new
+    raw files, one at a time, each dropped once the previous one's last step finished.
+    p50/p95 of both latencies; target: p50 submit latency < 50 ms.
+(b) `--n-big` (100,000) records in `--workdir` (built there and reused on later runs; without
+    --workdir a temporary folder), brought up to date once by `sinagotd --once` (or, with
+    `--prepare run`, `sinagot run` in dask mode), timed. Then a fresh daemon: time from
+    process start to `daemon.ready` (target < 30 s), the daemon process's own VmRSS once
+    ready (workers excluded; target < 300 MB), and the median submit and finish latencies of
+    5 new records, beside the same figures on a 1,000-record workspace (target: within 2x).
+    The 5 records are removed again at the end, so the big workspace keeps N records.
+(c) 1,000 up-to-date records and a running daemon; `--burst` (10,000) raw files written at
+    once. Checks that every step finished once (20,000 `step.finished`, no (record, step)
+    twice, every output there) and measures the time from the end of the writes (and from
+    their start) to `daemon.idle`.
+
+After each part the daemon gets SIGTERM (its exit code and time to exit are printed), then
+its process group is killed. Warnings, errors and stderr lines of the daemon are printed as
+problems. Figures are printed in a summary block at the end, with their targets.
+Exit status 1 when a check or a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTLE = 0.2
+SMALL = 1000
+LAST_STEP = "mean"  # the harbor's steps: count, then mean
+SETTINGS = f"""
+[dask]
+n_workers = 2
+threads_per_worker = 1
+dashboard_address = ":0"
+
+[daemon]
+settle_seconds = {SETTLE}
+"""
+RAW_NAME = re.compile(r"REC-(\d{8})-raw\.csv$")
+
+
+def load_make_dataset() -> ModuleType:
+    path = ROOT / "example" / "make_dataset.py"
+    spec = importlib.util.spec_from_file_location("make_dataset", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MAKE = load_make_dataset()
+
+
+# -- workspaces -----------------------------------------------------------------------------
+
+
+def write_config(dest: Path, *, dask_mode: bool = False) -> None:
+    """The harbor's workspace.toml plus the benchmark's settings (rewritten, idempotent)."""
+    text = (ROOT / "example" / "harbor" / "workspace.toml").read_text() + SETTINGS
+    if dask_mode:
+        text += '\n[run]\nmode = "dask"\n'
+    (dest / "workspace.toml").write_text(text)
+
+
+def build(dest: Path, n: int) -> Path:
+    start = time.perf_counter()
+    MAKE.make_workspace(dest, n, trivial=True)
+    write_config(dest)
+    print(f"built {dest}: {n} records in {time.perf_counter() - start:.1f} s")
+    return dest
+
+
+def raw_numbers(dest: Path) -> list[int]:
+    folder = dest / "dataset" / "raw"
+    if not folder.is_dir():
+        return []
+    return [int(m.group(1)) for name in os.listdir(folder) if (m := RAW_NAME.match(name))]
+
+
+def remove_record(dest: Path, rid: str) -> None:
+    dataset = dest / "dataset"
+    for path in (
+        dataset / "raw" / f"{rid}-raw.csv",
+        dataset / "computed" / f"{rid}-count.csv",
+        dataset / "computed" / f"{rid}-mean.csv",
+        dataset / "LOG" / f"{rid}.log",
+    ):
+        path.unlink(missing_ok=True)
+
+
+# -- the daemon -----------------------------------------------------------------------------
+
+
+def parse_time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Daemon:
+    """`python -m sinagotd WS --log-format json` in its own process group; events parsed."""
+
+    def __init__(self, workspace: Path, *extra: str, log_dir: Path) -> None:
+        self.workspace = workspace
+        self.events: list[dict] = []
+        self.other_stdout: list[str] = []
+        self._cond = threading.Condition()
+        self.stderr_path = log_dir / f"sinagotd-{os.getpid()}-{time.time_ns()}.stderr"
+        self._stderr = self.stderr_path.open("w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "sinagotd", str(workspace), "--log-format", "json", *extra]
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+                event["_t"] = parse_time(event["timestamp"])
+            except (ValueError, KeyError, TypeError):
+                with self._cond:
+                    self.other_stdout.append(line.rstrip("\n"))
+                continue
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(
+        self, match: Callable[[dict], bool], timeout: float, start: int = 0, what: str = ""
+    ) -> tuple[int, dict]:
+        """The first event from index `start` on that matches: (index, event)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self.events):
+                    if match(self.events[i]):
+                        return i, self.events[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {what or 'matching event'} within {timeout:.0f} s")
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise RuntimeError(
+                        f"sinagotd exited ({self.proc.returncode}) while waiting for {what}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def wait_event(self, name: str, timeout: float, start: int = 0) -> tuple[int, dict]:
+        return self.wait_for(lambda e: e.get("event") == name, timeout, start, name)
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.events)
+
+    def snapshot(self, start: int = 0) -> list[dict]:
+        with self._cond:
+            return list(self.events[start:])
+
+    def rss_mb(self) -> tuple[float, float]:
+        """The daemon process's own VmRSS and VmHWM, MB (its workers are other processes)."""
+        fields = {}
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    fields[key] = int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
+
+    def stop(self, grace: float = 60) -> tuple[int | None, float]:
+        """SIGTERM, wait up to `grace`, then SIGKILL the whole process group."""
+        start = time.monotonic()
+        code = self.proc.poll()
+        if code is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                code = None
+        took = time.monotonic() - start
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if code is None:
+            self.proc.wait(10)
+        self._reader.join(10)
+        self._stderr.close()
+        return code, took
+
+    def problems(self) -> list[str]:
+        """Warnings and errors among the events, non-JSON stdout, stderr lines."""
+        out = []
+        for event in self.snapshot():
+            if event.get("level") in ("warning", "error", "critical"):
+                fields = {k: v for k, v in event.items() if not k.startswith("_")}
+                out.append(f"event: {json.dumps(fields)[:400]}")
+        out += [f"stdout: {line[:400]}" for line in self.other_stdout]
+        with contextlib.suppress(OSError):
+            lines = self.stderr_path.read_text(errors="replace").splitlines()
+            out += [f"stderr: {line[:400]}" for line in lines if line.strip()]
+        return out
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    k = (len(ordered) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def ms(seconds: float) -> str:
+    return f"{1000 * seconds:.0f} ms"
+
+
+def first_free(dest: Path, at_least: int) -> int:
+    numbers = raw_numbers(dest)
+    return max([at_least - 1, *numbers]) + 1
+
+
+def drop_one(daemon: Daemon, dest: Path, number: int, timeout: float = 120) -> tuple[float, float]:
+    """Write one new record's raw file; (submit latency, finish latency) in seconds."""
+    rid = MAKE.record_id(number)
+    mark = daemon.count()
+    MAKE.add_records(dest, [number], seed=number)
+    written = time.time()
+    settled = written + SETTLE
+
+    def of(name: str, step: str | None = None) -> Callable[[dict], bool]:
+        return lambda e: (
+            e.get("event") == name
+            and e.get("record_id") == rid
+            and (step is None or e.get("step") == step)
+        )
+
+    _, submitted = daemon.wait_for(of("step.submitted"), timeout, mark, f"{rid} submitted")
+    _, finished = daemon.wait_for(
+        lambda e: of("step.finished", LAST_STEP)(e) or of("step.failed")(e),
+        timeout,
+        mark,
+        f"{rid} finished",
+    )
+    if finished["event"] != "step.finished":
+        raise RuntimeError(f"{rid}: {finished}")
+    return submitted["_t"] - settled, finished["_t"] - settled
+
+
+def start_until_idle(dest: Path, log_dir: Path, timeout: float) -> tuple[Daemon, dict, float]:
+    """Start a daemon; wait for ready and for the first daemon.idle after it."""
+    daemon = Daemon(dest, log_dir=log_dir)
+    try:
+        i, ready = daemon.wait_event("daemon.ready", timeout)
+        _, idle = daemon.wait_event("daemon.idle", timeout, i)
+    except (TimeoutError, RuntimeError) as exc:
+        seen = Counter(e.get("event") for e in daemon.snapshot())
+        code, _ = daemon.stop()
+        problems = "; ".join(daemon.problems()[-20:]) or "none"
+        raise RuntimeError(
+            f"{exc} (daemon exit {code}; events seen {dict(seen)}; its problems: {problems})"
+        ) from exc
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon, ready, idle["_t"] - daemon.started
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.problems: list[str] = []
+
+    def add(self, label: str, value: str) -> None:
+        self.rows.append((label, value))
+        print(f"  {label}: {value}", flush=True)
+
+    def target(self, ok: bool, what: str) -> str:
+        if not ok:
+            self.problems.append(f"target missed: {what}")
+        return "ok" if ok else "MISSED"
+
+    def check(self, ok: bool, problem: str) -> None:
+        if not ok:
+            self.problems.append(problem)
+            print(f"CHECK FAILED: {problem}", flush=True)
+
+    def daemon_done(self, label: str, daemon: Daemon) -> None:
+        code, took = daemon.stop()
+        stopped = any(e.get("event") == "daemon.stopped" for e in daemon.snapshot())
+        self.add(
+            f"{label} daemon stop",
+            f"exit {code} after SIGTERM in {took:.1f} s, daemon.stopped "
+            f"{'seen' if stopped else 'NOT seen'}",
+        )
+        self.check(code == 0 and stopped, f"{label}: daemon exit {code}, stopped={stopped}")
+        for line in daemon.problems():
+            self.problems.append(f"{label} daemon: {line}")
+
+    def print(self) -> None:
+        print("\n=== bench_daemon summary ===")
+        for label, value in self.rows:
+            print(f"{label:<52}{value}")
+        print(f"machine: {machine()}")
+        for problem in self.problems:
+            print(f"PROBLEM: {problem}")
+
+
+def machine() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = ", " + line.partition(":")[2].strip()
+                break
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"nproc {len(os.sched_getaffinity(0))}{cpu}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, load average now {load}"
+    )
+
+
+# -- the parts ----------------------------------------------------------------------------
+
+
+def part_a(tmp: Path, drops: int, report: Report) -> None:
+    print(f"\n(a) latency, {drops} files one at a time into {SMALL} up-to-date records")
+    dest = build(tmp / "a", SMALL)
+    daemon, _, until_idle = start_until_idle(dest, tmp, 600)
+    try:
+        report.add("(a) first scan of 1,000 new records", f"idle {until_idle:.1f} s after start")
+        submit, finish = [], []
+        for k in range(drops):
+            s, f = drop_one(daemon, dest, SMALL + k)
+            submit.append(s)
+            finish.append(f)
+        p50 = percentile(submit, 50)
+        verdict = report.target(p50 < 0.050, f"(a) p50 submit latency {ms(p50)} >= 50 ms")
+        report.add(
+            "(a) submit latency beyond settle p50 / p95",
+            f"{ms(p50)} / {ms(percentile(submit, 95))}  (target p50 < 50 ms): {verdict}",
+        )
+        report.add(
+            "(a) finish latency beyond settle p50 / p95",
+            f"{ms(percentile(finish, 50))} / {ms(percentile(finish, 95))}",
+        )
+        report.add(
+            "(a) submit latency min / max",
+            f"{ms(min(submit))} / {ms(max(submit))} over {drops} drops",
+        )
+    finally:
+        report.daemon_done("(a)", daemon)
+
+
+@dataclass
+class Latency:
+    startup: float  # process start to daemon.ready, s
+    rss: float  # MB, once ready
+    submit: float  # medians of 5, s
+    finish: float
+
+
+def latency_of_five(dest: Path, n: int, tmp: Path, report: Report, label: str) -> Latency:
+    """Start a daemon on an up-to-date workspace, drop 5 new records one at a time, stop it.
+
+    The 5 records are removed again afterwards."""
+    daemon, ready, until_idle = start_until_idle(dest, tmp, 900)
+    first = first_free(dest, n)
+    numbers = range(first, first + 5)
+    submit: list[float] = []
+    finish: list[float] = []
+    try:
+        startup = ready["_t"] - daemon.started
+        rss, hwm = daemon.rss_mb()
+        report.add(
+            f"(b) {label}: start to daemon.ready",
+            f"{startup:.2f} s (its duration_s {ready.get('duration_s')}, units "
+            f"{ready.get('units')}, stale {ready.get('stale_units')}); idle at {until_idle:.2f} s",
+        )
+        report.add(f"(b) {label}: daemon VmRSS once ready", f"{rss:.0f} MB (VmHWM {hwm:.0f} MB)")
+        for number in numbers:
+            s, f = drop_one(daemon, dest, number)
+            submit.append(s)
+            finish.append(f)
+        report.add(
+            f"(b) {label}: submit / finish latency, 5 drops",
+            " ".join(ms(s) for s in submit) + " / " + " ".join(ms(f) for f in finish),
+        )
+        rss_after, _ = daemon.rss_mb()
+        report.add(f"(b) {label}: daemon VmRSS after the drops", f"{rss_after:.0f} MB")
+    finally:
+        report.daemon_done(f"(b) {label}", daemon)
+        for number in numbers:
+            remove_record(dest, MAKE.record_id(number))
+    return Latency(startup, rss, statistics.median(submit), statistics.median(finish))
+
+
+def prepare_big(dest: Path, n: int, how: str, tmp: Path, report: Report) -> None:
+    numbers = raw_numbers(dest)
+    below = sum(1 for x in numbers if x < n)
+    if below == n and (dest / "workspace.toml").exists():
+        print(f"reusing {dest} ({n} records)")
+        for number in numbers:  # leftovers of an interrupted run
+            if number >= n:
+                remove_record(dest, MAKE.record_id(number))
+    elif numbers:
+        sys.exit(f"{dest} holds {len(numbers)} records, not {n}: pick another --workdir")
+    else:
+        build(dest, n)
+    write_config(dest, dask_mode=how == "run")
+    if how == "run":
+        cmd = [sys.executable, "-m", "sinagot", "run", str(dest)]
+    else:
+        cmd = [sys.executable, "-m", "sinagotd", str(dest), "--once", "--log-format", "json"]
+    print(f"bringing {n} records up to date: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    with (tmp / "prepare.out").open("w+") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        out.seek(0)
+        lines = out.read().splitlines()
+    took = time.perf_counter() - start
+    ran = sum('"event": "step.finished"' in line for line in lines) if how == "once" else None
+    summary = lines[-1] if how == "run" and lines else f"{ran} step.finished events"
+    report.add(f"(b) bring {n} up to date ({how})", f"{took:.1f} s, exit {code}: {summary}")
+    report.check(code == 0, f"(b) preparing exited {code}: {lines[-3:]}")
+    write_config(dest)
+
+
+def part_b(tmp: Path, workdir: Path | None, n_big: int, how: str, report: Report) -> None:
+    print(f"\n(b) {n_big} up-to-date records: startup, memory, latency against {SMALL}")
+    small_ws = build(tmp / "b-small", SMALL)
+    # The first scan brings the small workspace up to date; then a second daemon is measured,
+    # so that both sizes are measured on a daemon that found nothing to do at startup.
+    daemon, _, until_idle = start_until_idle(small_ws, tmp, 600)
+    report.add("(b) 1,000: first scan of new records", f"idle {until_idle:.1f} s after start")
+    report.daemon_done("(b) 1,000 first scan", daemon)
+    small = latency_of_five(small_ws, SMALL, tmp, report, "1,000")
+
+    big_ws = (workdir or tmp / "b-big").resolve()
+    big_ws.mkdir(parents=True, exist_ok=True)
+    prepare_big(big_ws, n_big, how, tmp, report)
+    big = latency_of_five(big_ws, n_big, tmp, report, f"{n_big:,}")
+
+    ok = report.target(big.startup < 30, f"(b) startup {big.startup:.1f} s >= 30 s")
+    report.add(f"(b) {n_big:,}: startup", f"{big.startup:.2f} s  (target < 30 s): {ok}")
+    ok = report.target(big.rss < 300, f"(b) RSS {big.rss:.0f} MB >= 300 MB")
+    report.add(f"(b) {n_big:,}: daemon RSS", f"{big.rss:.0f} MB  (target < 300 MB): {ok}")
+    for what, big_v, small_v in (
+        ("submit", big.submit, small.submit),
+        ("finish", big.finish, small.finish),
+    ):
+        ratio = big_v / small_v if small_v > 0 else float("inf")
+        ok = report.target(ratio <= 2, f"(b) {what} latency ratio {ratio:.2f} > 2")
+        report.add(
+            f"(b) median {what} latency {n_big:,} / 1,000",
+            f"{ms(big_v)} / {ms(small_v)} = {ratio:.2f}  (target <= 2): {ok}",
+        )
+
+
+def part_c(tmp: Path, burst: int, report: Report) -> None:
+    print(f"\n(c) {burst} files at once into {SMALL} up-to-date records")
+    dest = build(tmp / "c", SMALL)
+    daemon, _, _ = start_until_idle(dest, tmp, 600)
+    try:
+        mark = daemon.count()
+        numbers = range(SMALL, SMALL + burst)
+        ids = {MAKE.record_id(x) for x in numbers}
+        start = time.time()
+        MAKE.add_records(dest, numbers)
+        written = time.time()
+        expected = 2 * burst
+        deadline = time.monotonic() + max(600, burst)
+        finished: Counter = Counter()
+        while True:
+            events = daemon.snapshot(mark)
+            finished = Counter(
+                (e["record_id"], e["step"])
+                for e in events
+                if e.get("event") == "step.finished" and e.get("record_id") in ids
+            )
+            if sum(finished.values()) >= expected or time.monotonic() > deadline:
+                break
+            if daemon.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        last = max(
+            (e["_t"] for e in events if e.get("event") in ("step.finished", "step.failed")),
+            default=written,
+        )
+        _, idle = daemon.wait_for(
+            lambda e: e.get("event") == "daemon.idle" and e["_t"] >= last - 1e-3,
+            120,
+            mark,
+            "daemon.idle after the burst",
+        )
+        time.sleep(2)  # anything run twice would show now
+        events = daemon.snapshot(mark)
+        mine = [e for e in events if e.get("record_id") in ids]
+        finished = Counter(
+            (e["record_id"], e["step"]) for e in mine if e["event"] == "step.finished"
+        )
+        submitted = Counter(
+            (e["record_id"], e["step"]) for e in mine if e["event"] == "step.submitted"
+        )
+        failed = [e for e in mine if e["event"] == "step.failed"]
+        twice = [key for key, count in finished.items() if count > 1]
+        twice_sub = [key for key, count in submitted.items() if count > 1]
+        computed = dest / "dataset" / "computed"
+        have = set(os.listdir(computed))
+        missing = [
+            f"{rid}-{step}.csv"
+            for rid in sorted(ids)
+            for step in ("count", "mean")
+            if f"{rid}-{step}.csv" not in have
+        ]
+        total = sum(finished.values())
+        report.add("(c) writing the files took", f"{written - start:.2f} s")
+        report.add(
+            "(c) step.finished / submitted / failed",
+            f"{total} / {sum(submitted.values())} / {len(failed)}  (expected {expected} / "
+            f"{expected} / 0)",
+        )
+        report.add(
+            "(c) (record, step) finished twice / submitted twice",
+            f"{len(twice)} / {len(twice_sub)}  (expected 0 / 0)",
+        )
+        report.add("(c) outputs missing", f"{len(missing)}  (expected 0)")
+        first_submit = min((e["_t"] for e in mine if e["event"] == "step.submitted"), default=0)
+        report.add(
+            "(c) drop to daemon.idle",
+            f"{idle['_t'] - written:.1f} s after the writes ended, "
+            f"{idle['_t'] - start:.1f} s after they began ({expected / (idle['_t'] - start):.0f}"
+            f" steps/s); first submit {first_submit - written:+.2f} s after the writes ended",
+        )
+        watch_errors = sum(e.get("event") == "watch.error" for e in events)
+        report.add("(c) watch.error events", str(watch_errors))
+        report.check(total == expected, f"(c) {total} step.finished, expected {expected}")
+        report.check(not twice, f"(c) finished twice: {twice[:5]}")
+        report.check(not twice_sub, f"(c) submitted twice: {twice_sub[:5]}")
+        report.check(not failed, f"(c) {len(failed)} step.failed, first {failed[:1]}")
+        report.check(not missing, f"(c) {len(missing)} outputs missing, first {missing[:3]}")
+    finally:
+        report.daemon_done("(c)", daemon)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
+    parser.add_argument("--workdir", type=Path, help="where (b) builds and reuses its big dataset")
+    parser.add_argument("--n-big", type=int, default=100_000, help="records for (b)")
+    parser.add_argument("--drops", type=int, default=200, help="files dropped one by one in (a)")
+    parser.add_argument("--burst", type=int, default=10_000, help="files dropped at once in (c)")
+    parser.add_argument(
+        "--prepare",
+        choices=("once", "run"),
+        default="once",
+        help="bring (b)'s dataset up to date with `sinagotd --once` or `sinagot run`",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    report = Report()
+    parts = "abc" if args.part == "all" else args.part
+    try:
+        if "a" in parts:
+            part_a(tmp, args.drops, report)
+        if "c" in parts:
+            part_c(tmp, args.burst, report)
+        if "b" in parts:
+            part_b(tmp, args.workdir, args.n_big, args.prepare, report)
+    except (TimeoutError, RuntimeError) as exc:
+        report.problems.append(f"aborted: {exc}")
+    finally:
+        report.print()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
