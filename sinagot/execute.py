@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 Chain = Sequence[StepJob]
 #: A chain to run and the name of this run of it (see `chain_token`).
 Named = tuple[Chain, str]
-#: Called with a chain just before any of its steps may start (the store marks them then).
-StartCallback = Callable[[Chain, str], None]
+#: Called with chains just before any of their steps may start (the store marks them then).
+StartCallback = Callable[[Sequence[Named]], None]
 #: Called with results as they arrive, in batches (the store records them then).
 ResultsCallback = Callable[[Sequence[tuple[StepJob, StepResult]]], None]
 
@@ -52,7 +52,7 @@ class LocalExecutor:
     ) -> list[StepResult]:
         results = []
         for chain, generation in chains:
-            on_start(chain, generation)
+            on_start([(chain, generation)])
             previous: StepResult | None = None
             token = chain_token(chain, generation)
             for job in (dataclasses.replace(j, run_id=task_key(j, token)) for j in chain):
@@ -134,7 +134,7 @@ class DaskExecutor:
         return futures
 
     def run(
-        self, chains: Sequence[Chain], on_start: StartCallback, on_results: ResultsCallback
+        self, chains: Sequence[Named], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         waiting = deque(sorted(chains, key=lambda named: newest_input(named[0]), reverse=True))
         ended: queue.Queue[tuple[StepJob, Future]] = queue.Queue()
@@ -142,9 +142,16 @@ class DaskExecutor:
         results: list[StepResult] = []
 
         def fill() -> None:
-            while waiting and len(left) < self.max_in_flight:
-                chain, generation = waiting.popleft()
-                on_start(chain, generation)
+            # Refill by halves: a few large submissions, not one per finished unit.
+            if len(left) > self.max_in_flight // 2:
+                return
+            batch = []
+            while waiting and len(left) + len(batch) < self.max_in_flight:
+                batch.append(waiting.popleft())
+            if not batch:
+                return
+            on_start(batch)
+            for chain, generation in batch:
                 left[chain[0].unit] = len(chain)
                 self.submit(chain, lambda job, future: ended.put((job, future)), generation)
 
@@ -154,10 +161,8 @@ class DaskExecutor:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < 1000:
                     batch.append(ended.get_nowait())
-            done = []
-            for job, future in batch:
-                done.append((job, result_of(future, job)))
-                future.release()
+            done = results_of(self.connection.client, batch)
+            for job, _ in done:
                 left[job.unit] -= 1
                 if not left[job.unit]:
                     del left[job.unit]
@@ -165,6 +170,23 @@ class DaskExecutor:
             results.extend(result for _, result in done)
             fill()
         return results
+
+
+def results_of(client, ended: Sequence[tuple[StepJob, Future]]) -> list[tuple[StepJob, StepResult]]:
+    """The results of ended tasks, fetched in one round trip (one by one, only those
+    whose task broke), and the futures released."""
+    finished = [future for _, future in ended if future.status == "finished"]
+    try:
+        values = dict(zip((f.key for f in finished), client.gather(finished), strict=True))
+    except Exception:  # a result lost on the way: fetched one by one below
+        values = {}
+    out = []
+    for job, future in ended:
+        result = values.get(future.key)
+        out.append((job, result if result is not None else result_of(future, job)))
+        with contextlib.suppress(Exception):
+            future.release()
+    return out
 
 
 def result_of(future: Future, job: StepJob) -> StepResult:

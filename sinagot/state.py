@@ -183,14 +183,15 @@ class StateStore:
 
     # -- writing (the writer lock's holder only) ----------------------------------------------
 
-    def mark_submitted(self, items: Iterable[tuple[Unit, str]], generation: str) -> None:
-        """Before steps may begin: so that a kill from here on is seen as incomplete, and
-        the next submitter can name a resubmission as this run (`pending_generation`)."""
+    def mark_submitted(self, items: Iterable[tuple[Unit, str, str]]) -> None:
+        """(unit, step, generation) before the steps may begin: so that a kill from here on
+        is seen as incomplete, and the next submitter can name a resubmission as this run
+        (`pending_generation`)."""
         db = self._connect(write=True)
         now = time.time()
         rows = [
             (run_key(u, s), u.record_id, u.task or "", u.modality or "", s, now, generation)
-            for u, s in items
+            for u, s, generation in items
         ]
         with _transaction(db):
             db.executemany(

@@ -270,8 +270,14 @@ class Workspace:
         left = {unit: len(chain) for unit, chain in chains.items()}
         landed: dict[Unit, list[StepResult]] = {}
 
-        def started(chain: Sequence[StepJob], generation: str) -> None:
-            self.store.mark_submitted([(job.unit, job.spec.name) for job in chain], generation)
+        def started(named: Sequence[tuple[Sequence[StepJob], str]]) -> None:
+            self.store.mark_submitted(
+                [
+                    (job.unit, job.spec.name, generation)
+                    for chain, generation in named
+                    for job in chain
+                ]
+            )
 
         def finished(items: Sequence[tuple[StepJob, StepResult]]) -> None:
             self.record([result for _, result in items])

@@ -21,7 +21,7 @@ from pathlib import Path
 from sinagot import __version__
 from sinagot.cluster import Connection, connect, resolve_address
 from sinagot.errors import ConfigError, SinagotError
-from sinagot.execute import DaskExecutor, newest_input, result_of
+from sinagot.execute import DaskExecutor, newest_input, results_of
 from sinagot.layout import Scope, Unit
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
@@ -304,7 +304,7 @@ class Daemon:
         jobs = [self.ws.job(plan) for plan in plans]
         generation = self.lost_generations.pop(unit, None) or self.ws.generation(unit, jobs)
         flight = Flight(next(self._ids), jobs, len(jobs), generation)
-        self.ws.store.mark_submitted([(job.unit, job.spec.name) for job in jobs], generation)
+        self.ws.store.mark_submitted([(job.unit, job.spec.name, generation) for job in jobs])
         ended = self.messages.put
         try:
             self.executor.submit(
@@ -330,13 +330,13 @@ class Daemon:
     def _ended(self, messages: list[StepEnded]) -> None:
         results: list[StepResult] = []
         landed: list[tuple[Unit, Flight]] = []
-        for message in messages:
-            flight = self.in_flight.get(message.job.unit)
-            if flight is None or flight.id != message.flight:
-                continue  # from a flight given up (cluster lost): its unit was resubmitted
-            result = result_of(message.future, message.job)
-            with contextlib.suppress(Exception):
-                message.future.release()
+        current = [
+            m for m in messages if (f := self.in_flight.get(m.job.unit)) and f.id == m.flight
+        ]
+        # (Others come from flights given up when the cluster was lost: resubmitted since.)
+        fetched = results_of(self.executor.connection.client, [(m.job, m.future) for m in current])
+        for message, (_, result) in zip(current, fetched, strict=True):
+            flight = self.in_flight[message.job.unit]
             client_down = self.connection is None or self.connection.client.status != "running"
             if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
                 flight.lost = True

@@ -421,7 +421,7 @@ def test_a_run_resubmitted_after_its_submitter_died_keeps_its_name(harbor):
         unit = ws.units(Scope(), ["REC-20200601"])[0]
         chain = [ws.job(p) for p in ws.plan([unit]) if p.run]
         assert ws.generation(unit, chain) != ws.generation(unit, chain), "fresh each time"
-        ws.store.mark_submitted([(unit, job.spec.name) for job in chain], "0ldrun00")
+        ws.store.mark_submitted([(unit, job.spec.name, "0ldrun00") for job in chain])
     with Workspace(harbor, verbose=False) as ws:  # the submitter died; another one comes
         assert ws.generation(unit, chain) == "0ldrun00"
 

@@ -542,7 +542,7 @@ store = StateStore(folder)
 items = [(Unit(rid, None, None), step) for rid in sys.argv[3:] for step in ("count", "mean")]
 n = 0
 while True:
-    store.mark_submitted(items, f"g{n}")
+    store.mark_submitted([(unit, step, f"g{n}") for unit, step in items])
     now = time.time()
     store.record([
         StepResult(unit, step, Outcome.DONE, now, now, inputs=f"raw/x\\t{n}\\t{n}",
