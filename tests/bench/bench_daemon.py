@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -57,7 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
+
+from _common import load_make_dataset, machine
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLE = 0.2
@@ -73,15 +72,6 @@ dashboard_address = ":0"
 settle_seconds = {SETTLE}
 """
 RAW_NAME = re.compile(r"REC-(\d{8})-raw\.csv$")
-
-
-def load_make_dataset() -> ModuleType:
-    path = ROOT / "example" / "make_dataset.py"
-    spec = importlib.util.spec_from_file_location("make_dataset", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 MAKE = load_make_dataset()
@@ -359,20 +349,6 @@ class Report:
         print(f"machine: {machine()}")
         for problem in self.problems:
             print(f"PROBLEM: {problem}")
-
-
-def machine() -> str:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = ", " + line.partition(":")[2].strip()
-                break
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"nproc {len(os.sched_getaffinity(0))}{cpu}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, load average now {load}"
-    )
 
 
 # -- the parts ----------------------------------------------------------------------------

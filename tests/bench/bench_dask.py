@@ -38,18 +38,16 @@ Exit status 1 when a check fails (a step did not succeed, an output is missing).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
-import importlib.util
 import os
-import platform
 import pstats
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
+
+from _common import load_make_dataset, machine
 
 from sinagot import Workspace
 from sinagot.layout import Scope
@@ -65,15 +63,6 @@ n_workers = 2
 threads_per_worker = 1
 dashboard_address = ":0"
 """
-
-
-def load_make_dataset() -> ModuleType:
-    path = ROOT / "example" / "make_dataset.py"
-    spec = importlib.util.spec_from_file_location("make_dataset", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- raw Dask: what the two trivial steps do, written directly --------------------------
@@ -195,20 +184,6 @@ def warm(client) -> None:
 
 
 # -- main -------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = ", " + line.partition(":")[2].strip()
-                break
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"nproc {len(os.sched_getaffinity(0))}{cpu}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, load average now {load}"
-    )
 
 
 def main() -> int:

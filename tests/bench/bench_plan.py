@@ -35,7 +35,6 @@ import contextlib
 import cProfile
 import importlib.util
 import os
-import platform
 import pstats
 import shutil
 import subprocess
@@ -46,6 +45,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple, TypeVar
+
+from _common import load_make_dataset, machine
 
 from sinagot import Workspace
 from sinagot.layout import Scope, Unit
@@ -107,15 +108,6 @@ class Proc(NamedTuple):
 
 
 # -- the dataset --------------------------------------------------------------------------
-
-
-def load_make_dataset() -> ModuleType:
-    path = ROOT / "example" / "make_dataset.py"
-    spec = importlib.util.spec_from_file_location("make_dataset", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def raw_folder(dest: Path) -> Path:
@@ -316,20 +308,6 @@ class Report:
         print(f"all times: best of {REPEAT}; (a)-(d) in process, (e)/(f) whole processes")
         for problem in self.problems:
             print(f"PROBLEM: {problem}")
-
-
-def machine() -> str:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = ", " + line.partition(":")[2].strip()
-                break
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"nproc {len(os.sched_getaffinity(0))}{cpu}, Python {platform.python_version()},"
-        f" {platform.system()} {platform.release()}; load average now {load}"
-    )
 
 
 def measure_in_process(dest: Path, n: int, make_dataset: ModuleType, report: Report) -> str:

@@ -1,0 +1,37 @@
+"""What the benchmarks share: the machine they ran on, and the example generator."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import platform
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def machine() -> str:
+    """One line naming the machine and its load, printed under every summary."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = ", " + line.partition(":")[2].strip()
+                break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"nproc {len(os.sched_getaffinity(0))}{cpu}, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}; load average now {load}"
+    )
+
+
+def load_make_dataset() -> ModuleType:
+    """example/make_dataset.py, which writes harbor-like workspaces of N records."""
+    path = ROOT / "example" / "make_dataset.py"
+    spec = importlib.util.spec_from_file_location("make_dataset", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
