@@ -129,6 +129,10 @@ class StateStore:
         self._db, self._writer = db, write
         return db
 
+    def prepare(self) -> None:
+        """Open for writing now: create the store, or upgrade an older schema in place."""
+        self._connect(write=True)
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -210,11 +214,14 @@ class StateStore:
             return None
         keys = [run_key(unit, step) for step in steps]
         marks = ",".join("?" * len(keys))
-        row = db.execute(
-            f"SELECT generation FROM runs WHERE key IN ({marks}) AND submitted IS NOT NULL "
-            "AND generation IS NOT NULL LIMIT 1",
-            keys,
-        ).fetchone()
+        try:
+            row = db.execute(
+                f"SELECT generation FROM runs WHERE key IN ({marks}) AND submitted IS NOT NULL "
+                "AND generation IS NOT NULL LIMIT 1",
+                keys,
+            ).fetchone()
+        except sqlite3.OperationalError:  # a schema-1 store, read before its upgrade
+            return None
         return row[0] if row else None
 
     def record(self, results: Iterable[StepResult]) -> None:

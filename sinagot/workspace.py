@@ -212,6 +212,7 @@ class Workspace:
             return
         self.lock.acquire(what)
         try:
+            self.store.prepare()
             self.ingest_receipts()
             yield
         finally:

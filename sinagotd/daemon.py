@@ -101,6 +101,7 @@ class Daemon:
         self.ws = Workspace(self.options.workspace, verbose=False)
         self.settings = self._settings(self.ws)
         self.ws.lock.acquire("sinagotd")
+        self.ws.store.prepare()
         self.ws.ingest_receipts()
         self.executor = self._executor(self.ws)
         try:

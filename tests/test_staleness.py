@@ -866,3 +866,18 @@ def test_a_second_attempt_at_the_same_run_returns_the_first_result(harbor: Path)
         first, second = run_step(job), run_step(job)
     assert first.ok and second == first
     assert init_runs(dataset) == Counter({harbor_key("REC-20200601", "count"): 1})
+
+
+def test_a_store_of_the_previous_schema_is_upgraded_in_place(harbor: Path) -> None:
+    """Upgrading sinagot keeps what the store knew: nothing is run again for it."""
+    run_all(harbor)
+    db_path = harbor / "dataset" / ".sinagot" / "state.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as db:  # back to schema 1
+        db.executescript("ALTER TABLE runs DROP COLUMN generation; PRAGMA user_version = 1;")
+    runs = init_runs(harbor / "dataset")
+    with Workspace(harbor, verbose=False) as ws:
+        assert not not_done(ws)
+        ws.steps.run(force=True, step_label="count")
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sum(init_runs(harbor / "dataset").values()) == sum(runs.values()) + 3
