@@ -6,8 +6,12 @@ CLI's status and the workers' imports stay light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,11 +62,27 @@ def connect(address: str | None, settings: DaskSettings, timeout: float = 10) ->
 
     if address:
         return Connection(Client(address, timeout=timeout, set_as_default=False), None, address)
-    cluster = LocalCluster(
-        n_workers=settings.n_workers,
-        threads_per_worker=settings.threads_per_worker,
-        processes=True,
-        dashboard_address=settings.dashboard_address,
-        silence_logs=logging.WARNING,
-    )
+    with _workers_ignore_ctrl_c():
+        cluster = LocalCluster(
+            n_workers=settings.n_workers,
+            threads_per_worker=settings.threads_per_worker,
+            processes=True,
+            dashboard_address=settings.dashboard_address,
+            silence_logs=logging.WARNING,
+        )
     return Connection(Client(cluster, set_as_default=False), cluster)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Ctrl-C on a terminal signals the whole process group: the embedded workers (which
+    inherit an ignored SIGINT) leave stopping to this process, which lets their running
+    steps finish instead of dying with tracebacks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
