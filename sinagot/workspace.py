@@ -218,17 +218,27 @@ class Workspace:
         finally:
             self.lock.release()
 
-    def ingest_receipts(self, busy: Container[Unit] = ()) -> None:
-        """Record results that a writer's workers reported but it never recorded (it died).
+    def ingest_receipts(self, busy: Container[Unit] = ()) -> list[StepResult]:
+        """Record results that a writer's workers reported but it never recorded (it died),
+        and return them.
 
         Receipts of `busy` units (on the cluster now) stay: a worker may need them again.
+        Those the store already holds (recorded, then the writer died) are dropped.
         """
         results = sorted(
             (r for r in self._read_receipts() if r.unit not in busy), key=lambda r: r.finished
         )
-        if results:
-            self.store.record(results)
-            self.forget(results)
+        if not results:
+            return []
+        known = self.store.read_record({r.unit.record_id for r in results})
+        new = [
+            r
+            for r in results
+            if (rec := known.get(run_key(r.unit, r.step))) is None or rec.finished != r.finished
+        ]
+        self.store.record(new)
+        self.forget(results)
+        return new
 
     def forget(self, results: Iterable[StepResult]) -> None:
         """Drop the receipts (and locks) of recorded runs whose whole unit has landed."""

@@ -89,6 +89,9 @@ class Daemon:
         self._ids = itertools.count()
         self._idle = False
         self._reconnect_at: float | None = None
+        self._reconcile_due = False
+        self._watch_errors = 0
+        self._next_watch_error = 0.0
         self._reconnect_backoff = 1.0
         self.watcher: Watcher | None = None
         self.connection: Connection | None = None
@@ -102,7 +105,7 @@ class Daemon:
         self.settings = self._settings(self.ws)
         self.ws.lock.acquire("sinagotd")
         self.ws.store.prepare()
-        self.ws.ingest_receipts()
+        self._recovered(self.ws.ingest_receipts())
         self.executor = self._executor(self.ws)
         try:
             self.connection = self.executor.connection
@@ -190,8 +193,13 @@ class Daemon:
         if isinstance(message, PathChanged):
             self._path_changed(message.path, now)
         elif isinstance(message, WatchError):
-            self.log.warning("watch.error", error=message.error)
-            self.reconcile()
+            # One rescan per loop pass, and one event a second, however many errors come:
+            # an overflowing queue must not turn into a storm of rescans.
+            self._reconcile_due = True
+            self._watch_errors += 1
+            if now >= self._next_watch_error:
+                self.log.warning("watch.error", error=message.error, count=self._watch_errors)
+                self._watch_errors, self._next_watch_error = 0, now + 1.0
 
     def _path_changed(self, path: str, now: float) -> None:
         config = self.ws.config
@@ -234,6 +242,8 @@ class Daemon:
         for unit, when in list(self.retry_at.items()):
             if now >= when and unit not in self.in_flight:
                 self.replan([unit])
+        if self._reconcile_due:
+            self.reconcile()
         if self.watcher is not None and not self.watcher.alive():
             self.log.warning("watch.error", error="the file-system observer stopped; restarting")
             self.watcher.restart()
@@ -259,7 +269,8 @@ class Daemon:
 
     def reconcile(self) -> tuple[int, int]:
         """Plan every unit not in flight and queue what is stale: events are only hints."""
-        self.ws.ingest_receipts(busy=self.in_flight)
+        self._reconcile_due = False
+        self._recovered(self.ws.ingest_receipts(busy=self.in_flight))
         units = self.ws.units(Scope())
         free = [u for u in units if u not in self.in_flight]
         self.dirty.update(u for u in units if u in self.in_flight)
@@ -354,16 +365,21 @@ class Daemon:
             self._landed(unit, flight)
         self._fill()
 
-    def _report(self, result: StepResult) -> None:
+    def _recovered(self, results: list[StepResult]) -> None:
+        """Runs that finished while nobody listened (receipts): announced now."""
+        for result in results:
+            self._report(result, recovered=True)
+
+    def _report(self, result: StepResult, **extra: object) -> None:
         where = {**_where(result.unit), "step": result.step}
         duration = round(result.duration, 3)
         if result.ok:
-            self.log.info("step.finished", **where, duration_s=duration)
+            self.log.info("step.finished", **where, duration_s=duration, **extra)
         elif result.outcome is Outcome.SKIPPED:
-            self.log.info("step.skipped", **where, reason=result.error)
+            self.log.info("step.skipped", **where, reason=result.error, **extra)
         else:
             self.failed_steps += 1
-            self.log.error("step.failed", **where, error=result.error, duration_s=duration)
+            self.log.error("step.failed", **where, error=result.error, duration_s=duration, **extra)
 
     def _landed(self, unit: Unit, flight: Flight) -> None:
         del self.in_flight[unit]
@@ -415,7 +431,7 @@ class Daemon:
         """Units the cluster lost: record what their workers finished, plan them again
         (fresh: the plans made before may be out of date), submit under their old names."""
         lost = [u for u in self.lost_generations if u not in self.in_flight]
-        self.ws.ingest_receipts(busy=self.in_flight)
+        self._recovered(self.ws.ingest_receipts(busy=self.in_flight))
         for unit in lost:
             self.waiting_plans.pop(unit, None)
         self.replan(lost)
