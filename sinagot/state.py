@@ -175,16 +175,6 @@ class StateStore:
                 out[row[0]] = RunRecord._make(row[1:])
         return out
 
-    def in_flight(self) -> list[tuple[str, str | None, str | None, str, float]]:
-        db = self._connect(write=False)
-        if db is None:
-            return []
-        rows = db.execute(
-            "SELECT record_id, task, modality, step, submitted FROM runs "
-            "WHERE submitted IS NOT NULL ORDER BY submitted"
-        ).fetchall()
-        return [(r, t or None, m or None, s, when) for r, t, m, s, when in rows]
-
     # -- writing (the writer lock's holder only) ----------------------------------------------
 
     def mark_submitted(self, items: Iterable[tuple[Unit, str, str]]) -> None:
