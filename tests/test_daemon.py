@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from faults.harness import clean_env, group_members
 
 from sinagot import __version__
 
@@ -199,31 +200,6 @@ def _short(event: dict[str, Any]) -> str:
     return f"{event.get('event')} {json.dumps(rest, default=str)}"
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without anything that would change how sinagotd runs."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SINAGOT_DASK_ADDRESS")
-        and not key.startswith("SINAGOTD_")
-    }
-    env.update(extra)
-    return env
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 @pytest.fixture
 def sinagotd(tmp_path: Path) -> Iterator[Callable[..., Sinagotd]]:
     """Start daemons; after the test, every one of them and its workers is gone."""
@@ -233,7 +209,7 @@ def sinagotd(tmp_path: Path) -> Iterator[Callable[..., Sinagotd]]:
         workspace: Path, *flags: str, settle: float = SETTLE, env: dict[str, str] | None = None
     ) -> Sinagotd:
         stderr_path = tmp_path / f"sinagotd-{len(started)}.stderr"
-        daemon = Sinagotd(workspace, flags, settle, env or _clean_env(), stderr_path)
+        daemon = Sinagotd(workspace, flags, settle, env or clean_env(), stderr_path)
         started.append(daemon)
         return daemon
 
@@ -340,7 +316,7 @@ def test_initial_scan_sigterm_and_a_second_start_with_nothing_to_do(ws, sinagotd
         assert event["level"] in ("debug", "info", "warning", "error", "critical"), event
         _utc(event["timestamp"])
     deadline = time.monotonic() + 15
-    while (left := _group_members(daemon.proc.pid)) and time.monotonic() < deadline:
+    while (left := group_members(daemon.proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.1)  # polling /proc for the workers' exit, with a deadline
     assert not left, f"processes left behind after SIGTERM: {left}"
     assert "Traceback" not in daemon.stderr()
@@ -546,7 +522,7 @@ def test_sd_notify(ws, sinagotd, tmp_path):
                 for line in data.decode().splitlines():
                     received.append((line, datetime.now(UTC)))
 
-        env = _clean_env(NOTIFY_SOCKET=str(address), WATCHDOG_USEC="1000000")
+        env = clean_env(NOTIFY_SOCKET=str(address), WATCHDOG_USEC="1000000")
         daemon = sinagotd(ws, env=env)
         receive_until(lambda messages: "READY=1" in messages)
         ready = daemon.wait_for("daemon.ready")
