@@ -98,14 +98,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _select(ws: Workspace, args: argparse.Namespace) -> tuple[Scope, list]:
-    scope = Scope()
-    for name in (args.task, args.modality):
-        if name is not None:
-            try:
-                scope = ws.layout.narrow(scope, name, "workspace")
-            except AttributeError as exc:
-                message = str(exc).replace("has no attribute", "has no task or modality")
-                raise UsageError(message) from None
+    try:
+        scope = ws.layout.scope(args.task, args.modality)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     ids = None if not args.record else [ws.check_id(r) for r in args.record]
     return scope, ws.units(scope, ids)
 

@@ -172,6 +172,19 @@ class Layout:
             raise AttributeError(f"{owner} has no attribute {name!r} ({scope.describe()}; {hint})")
         return new
 
+    def scope(self, task: str | None = None, modality: str | None = None) -> Scope:
+        """The scope named by a task and a modality (either may be None), as a command line
+        or a run request gives them; `ValueError` naming the valid names otherwise."""
+        scope = Scope()
+        for name in (task, modality):
+            if name is not None:
+                try:
+                    scope = self.narrow(scope, name, "workspace")
+                except AttributeError as exc:
+                    message = str(exc).replace("has no attribute", "has no task or modality")
+                    raise ValueError(message) from None
+        return scope
+
     def _can_narrow(self, scope: Scope, name: str) -> bool:
         if name in self.config.tasks and scope.task is None:
             return bool(self.unit_keys(Scope(name, scope.modality)))

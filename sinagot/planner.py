@@ -68,11 +68,6 @@ def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[S
         ins = step.inputs.relative(unit.record_id, unit.task)
         outs = step.outputs.relative(unit.record_id, unit.task)
         last = runs.get(run_key(unit, step.name))
-        if not will_write and _up_to_date(step, ins, outs, last, ctx):
-            plans.append(StepPlan(unit, step, index, StepStatus.DONE, (), False, ins, outs))
-            if len(steps) > 1:
-                made_in_unit.update(dict.fromkeys(outs, step.name))
-            continue
         status, reasons = _status(step, ins, outs, last, ctx, will_write, made_in_unit)
         run = (
             status in (StepStatus.DATA_READY, StepStatus.STALE)
@@ -193,30 +188,6 @@ def done_plans(unit: Unit, steps: Sequence[StepSpec]) -> list[StepPlan]:
         outs = step.outputs.relative(record_id, task)
         plans.append(StepPlan(unit, step, index, StepStatus.DONE, (), False, ins, outs))
     return plans
-
-
-def _up_to_date(
-    step: StepSpec,
-    ins: tuple[str, ...],
-    outs: tuple[str, ...],
-    last: RunRecord | None,
-    ctx: PlanContext,
-) -> bool:
-    """The common case, decided fast: a finished run, same inputs, same code, outputs there.
-
-    Anything else goes through `_status`, which also finds the reasons.
-    """
-    if last is None or last.state != "done" or last.submitted is not None or ctx.force:
-        return False
-    lookup = ctx.lookup
-    fps = [lookup(rel) for rel in ins]
-    if None in fps or last.inputs != encode_fingerprints(ins, fps):
-        return False
-    for rel in outs:
-        if lookup(rel) is None:
-            return False
-    hashes = ctx.code_hashes
-    return hashes is None or hashes.get(step.script_key) == last.code_hash
 
 
 def _status(

@@ -451,14 +451,11 @@ class Daemon:
 
     def _requested(self, request: RunRequest) -> None:
         """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue."""
-        scope = Scope()
         try:
-            for name in (request.task, request.modality):
-                if name is not None:
-                    scope = self.ws.layout.narrow(scope, name, "workspace")
+            scope = self.ws.layout.scope(request.task, request.modality)
             records = request.records
             ids = None if records is None else [self.ws.check_id(r) for r in records]
-        except (AttributeError, ValueError) as exc:
+        except ValueError as exc:
             self.log.error("run.refused", error=str(exc))
             return
         units = self.ws.units(scope, ids)
