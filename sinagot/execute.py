@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .runner import Outcome, StepJob, StepResult, run_after, run_step
+from .runner import Outcome, StepJob, StepResult, one_line, run_after, run_step
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -194,7 +194,6 @@ def result_of(future: Future, job: StepJob) -> StepResult:
     try:
         return future.result()
     except Exception as exc:  # KilledWorker, CancelledError (scheduler lost), ...
-        lines = str(exc).strip().splitlines()
-        error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        error = one_line(exc)
         now = time.time()
         return StepResult(job.unit, job.spec.name, Outcome.NOT_RUN, now, now, error)

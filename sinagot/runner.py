@@ -187,7 +187,7 @@ def _run(job: StepJob) -> StepResult:
     try:
         loaded = load_script(spec.script)
     except Exception as exc:
-        error = f"cannot load script {spec.script.name}: {_one_line(exc)}"
+        error = f"cannot load script {spec.script.name}: {one_line(exc)}"
         log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
         try:
             current = code_hash(spec.script.read_bytes())
@@ -206,7 +206,7 @@ def _run(job: StepJob) -> StepResult:
             if not os.access(path.parent, os.W_OK):
                 raise PermissionError(f"output folder {path.parent} is not writable")
     except OSError as exc:
-        error = _one_line(exc)
+        error = one_line(exc)
         log.write(StepStatus.ERROR, f"Cannot write outputs: {error}")
         return finish(Outcome.NOT_RUN, error, **ran)
 
@@ -230,7 +230,7 @@ def _run(job: StepJob) -> StepResult:
         for temp, final in zip(temps, finals, strict=True):
             _replace(temp, final)
     except (Exception, SystemExit) as exc:  # a script's sys.exit() fails its step, no more
-        error = _one_line(exc)
+        error = one_line(exc)
         log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
         return finish(Outcome.FAILED, error, **ran)
     finally:
@@ -265,7 +265,8 @@ def _remove(paths: tuple[Path, ...]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """'ValueError: the first line of its message', for events and the state store."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 

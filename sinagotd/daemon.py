@@ -26,7 +26,7 @@ from sinagot.layout import Scope, Unit
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
 from sinagot.requests import RunRequest, take_requests
-from sinagot.runner import Outcome, StepJob, StepResult
+from sinagot.runner import Outcome, StepJob, StepResult, one_line
 from sinagot.workspace import Workspace
 
 from .sdnotify import Notifier
@@ -111,7 +111,7 @@ class Daemon:
             self.connection = self.executor.connection
         except Exception as exc:  # OSError, TimeoutError, ...: said plainly, exit 1
             address = resolve_address(self.options.scheduler, self.ws.config.dask)
-            first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            first = one_line(exc)
             raise SinagotError(f"cannot reach the Dask scheduler {address}: {first}") from None
         self.log.info(
             "daemon.started",
@@ -325,7 +325,7 @@ class Daemon:
         except Exception as exc:  # the client closed under us: the scheduler is gone
             self.lost_generations[unit] = generation
             self._requeue(unit, plans)
-            self._cluster_lost(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            self._cluster_lost(one_line(exc))
             return
         self.in_flight[unit] = flight
         self._idle = False
@@ -417,7 +417,7 @@ class Daemon:
         except Exception as exc:
             self._reconnect_backoff = min(self._reconnect_backoff * 2, 60.0)
             self._reconnect_at = now + self._reconnect_backoff
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            error = one_line(exc)
             self.log.warning("cluster.unreachable", error=error, retry_in_s=self._reconnect_backoff)
             return
         self._reconnect_at, self._reconnect_backoff = None, 1.0
