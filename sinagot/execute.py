@@ -2,19 +2,25 @@
 
 Both take *chains*: the steps of one unit that must run, in order. A failure ends its own
 chain (the later steps are reported skipped) and never touches the others.
+
+On Dask, a chain is one task (`run_chain`), not one task per step: a task costs the
+scheduler and the workers about a millisecond whatever it does, and a unit's steps run one
+after the other on one worker anyway. Each step's result still reaches the submitter as
+soon as the step ends, through Dask's pub/sub (`Publish`), so a long chain's first steps
+are recorded when they end, not when the chain does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import os
 import queue
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .runner import Outcome, StepJob, StepResult, one_line, run_after, run_step
@@ -44,6 +50,22 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def run_chain(chain: Chain, report: Callable[[StepResult], None]) -> list[StepResult]:
+    """Run a unit's steps in order, each once the one before succeeded, telling `report`
+    of each as it ends. The task a Dask worker runs for a unit."""
+    results: list[StepResult] = []
+    for job in chain:
+        results.append(run_after(job, results[-1]) if results else run_step(job))
+        report(results[-1])
+    return results
+
+
+def named_jobs(chain: Chain, generation: str) -> tuple[StepJob, ...]:
+    """The chain's jobs, each carrying the name of this run of it (see `chain_token`)."""
+    token = chain_token(chain, generation)
+    return tuple(dataclasses.replace(job, run_id=task_key(job, token)) for job in chain)
+
+
 class LocalExecutor:
     """Runs steps one after the other in the calling process."""
 
@@ -53,13 +75,10 @@ class LocalExecutor:
         results = []
         for chain, generation in chains:
             on_start([(chain, generation)])
-            previous: StepResult | None = None
-            token = chain_token(chain, generation)
-            for job in (dataclasses.replace(j, run_id=task_key(j, token)) for j in chain):
-                result = run_step(job) if previous is None else run_after(job, previous)
-                on_results([(job, result)])
-                results.append(result)
-                previous = result
+            jobs = {job.spec.name: job for job in named_jobs(chain, generation)}
+            results += run_chain(
+                tuple(jobs.values()), lambda r, jobs=jobs: on_results([(jobs[r.step], r)])
+            )
         return results
 
     def close(self) -> None:
@@ -84,26 +103,70 @@ def chain_token(chain: Chain, generation: str) -> str:
 
 
 def task_key(job: StepJob, token: str) -> str:
-    """A deterministic, readable Dask key: 'count-REC-20200601-3f2a9c1d'."""
+    """A step's run name, deterministic and readable: 'count-REC-20200601-3f2a9c1d'."""
     return f"{job.key}-{token}"
+
+
+def chain_key(jobs: Sequence[StepJob]) -> str:
+    """A chain's Dask key, from its steps' run names: 'count+mean-REC-20200601-3f2a9c1d'."""
+    steps = "+".join(job.spec.name for job in jobs)
+    return f"{steps}{jobs[0].run_id[len(jobs[0].spec.name) :]}"
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Sends a step's result to the submitter as soon as the step ends (Dask's pub/sub:
+    the worker's `log_event`, the client's `subscribe_topic`)."""
+
+    topic: str
+    last: str  # the chain's last step's run name: its result comes with the chain's
+
+    def __call__(self, result: StepResult) -> None:
+        if result.outcome is Outcome.SKIPPED or result.run_id == self.last:
+            return  # the chain ends now: its result will tell
+        from distributed import get_worker
+
+        get_worker().log_event(self.topic, result.to_json())
+
+
+@dataclass(eq=False)
+class Submitted:
+    """One chain on the cluster: its task, and which of its steps were reported already."""
+
+    jobs: tuple[StepJob, ...]
+    future: Future
+    notify: Callable[[Submitted, StepResult | None], None]
+    reported: set[str] = field(default_factory=set)
+    ended: bool = False
+
+    @property
+    def unit(self) -> Unit:
+        return self.jobs[0].unit
+
+
+#: What the cluster tells of a submitted chain: a step's result as it ends, or None when
+#: the chain's task ended (its results are then fetched by `DaskExecutor.collect`).
+Report = tuple[Submitted, StepResult | None]
 
 
 class DaskExecutor:
     """Runs chains on a Dask cluster, a bounded number of units at a time, newest first.
 
-    The chain's steps are Dask tasks, step n+1 depending on step n. Results come back to
-    this process, which is the only one to record them.
+    Results come back to this process, which is the only one to record them.
     """
 
     def __init__(self, connect: Callable[[], Connection], max_in_flight: int) -> None:
         self._connect = connect
         self._connection: Connection | None = None
+        self._running: dict[str, Submitted] = {}  # step run name -> its chain
+        self._topics: set[str] = set()  # subscribed to, by the current client
         self.max_in_flight = max_in_flight
 
     @property
     def connection(self) -> Connection:
         if self._connection is None:
             self._connection = self._connect()
+            self._topics = set()
         return self._connection
 
     def close(self) -> None:
@@ -112,88 +175,115 @@ class DaskExecutor:
             self._connection = None
 
     def submit(
-        self, chain: Chain, notify: Callable[[StepJob, Future], None], generation: str
-    ) -> list[Future]:
-        """Submit one chain; `notify(job, future)` is called (from Dask's thread) as each
-        of its tasks ends. Higher priority for newer inputs. See `chain_token` for
-        `generation`."""
+        self,
+        chain: Chain,
+        generation: str,
+        notify: Callable[[Submitted, StepResult | None], None],
+    ) -> Submitted:
+        """Submit one chain as one task; `notify` is called (from Dask's thread) with each
+        step's result as it ends, then with None when the task ends. Newer inputs, higher
+        priority. See `chain_token` for `generation`."""
         client = self.connection.client
-        token, priority = chain_token(chain, generation), newest_input(chain)
-        futures: list[Future] = []
-        for job in chain:
-            key = task_key(job, token)
-            job = dataclasses.replace(job, run_id=key)
-            if futures:
-                future = client.submit(
-                    run_after, job, futures[-1], key=key, priority=priority, pure=False
-                )
-            else:
-                future = client.submit(run_step, job, key=key, priority=priority, pure=False)
-            future.add_done_callback(functools.partial(notify, job))
-            futures.append(future)
-        return futures
+        topic = f"sinagot.steps:{chain[0].dataset}"
+        if topic not in self._topics:
+            client.subscribe_topic(topic, self._published)
+            self._topics.add(topic)
+        jobs = named_jobs(chain, generation)
+        future = client.submit(
+            run_chain, jobs, Publish(topic, jobs[-1].run_id),
+            key=chain_key(jobs), priority=newest_input(chain), pure=False,
+        )  # fmt: skip
+        submitted = Submitted(jobs, future, notify)
+        for job in jobs:
+            self._running[job.run_id] = submitted
+        future.add_done_callback(lambda _: notify(submitted, None))
+        return submitted
+
+    def _published(self, event: tuple[float, str]) -> None:
+        result = StepResult.from_json(event[1])
+        submitted = self._running.get(result.run_id)
+        if submitted is not None:
+            submitted.notify(submitted, result)
+
+    def collect(self, reports: Sequence[Report]) -> list[tuple[Submitted, StepJob, StepResult]]:
+        """Each step's result, once, in the order reported; the results of ended tasks
+        fetched in one round trip (one by one, only those of tasks that broke). A chain
+        is `ended` once all its results are out."""
+        ending = {s.future.key: s for s, r in reports if r is None and not s.ended}
+        finished = [s.future for s in ending.values() if s.future.status == "finished"]
+        try:
+            gathered = self.connection.client.gather(finished)
+            values = dict(zip((f.key for f in finished), gathered, strict=True))
+        except Exception:  # a result lost on the way: fetched one by one below
+            values = {}
+        out = []
+        for submitted, result in reports:
+            if submitted.ended:
+                continue
+            if result is not None:
+                if result.step not in submitted.reported:
+                    submitted.reported.add(result.step)
+                    out.append((submitted, _job(submitted, result.step), result))
+                continue
+            results = values.get(submitted.future.key) or chain_results(submitted)
+            for job, step_result in zip(submitted.jobs, results, strict=True):
+                if job.spec.name not in submitted.reported:
+                    out.append((submitted, job, step_result))
+            submitted.ended = True
+            for job in submitted.jobs:
+                self._running.pop(job.run_id, None)
+            with contextlib.suppress(Exception):
+                submitted.future.release()
+        return out
 
     def run(
         self, chains: Sequence[Named], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
         waiting = deque(sorted(chains, key=lambda named: newest_input(named[0]), reverse=True))
-        ended: queue.Queue[tuple[StepJob, Future]] = queue.Queue()
-        left: dict[Unit, int] = {}  # unit -> steps not yet reported
+        reports: queue.Queue[Report] = queue.Queue()
+        running: set[Submitted] = set()
         results: list[StepResult] = []
 
         def fill() -> None:
             # Refill by halves: a few large submissions, not one per finished unit.
-            if len(left) > self.max_in_flight // 2:
+            if len(running) > self.max_in_flight // 2:
                 return
             batch = []
-            while waiting and len(left) + len(batch) < self.max_in_flight:
+            while waiting and len(running) + len(batch) < self.max_in_flight:
                 batch.append(waiting.popleft())
             if not batch:
                 return
             on_start(batch)
             for chain, generation in batch:
-                left[chain[0].unit] = len(chain)
-                self.submit(chain, lambda job, future: ended.put((job, future)), generation)
+                running.add(self.submit(chain, generation, lambda s, r: reports.put((s, r))))
 
         fill()
-        while left:
-            batch = [ended.get()]
+        while running:
+            batch = [reports.get()]
             with contextlib.suppress(queue.Empty):
                 while len(batch) < 1000:
-                    batch.append(ended.get_nowait())
-            done = results_of(self.connection.client, batch)
-            for job, _ in done:
-                left[job.unit] -= 1
-                if not left[job.unit]:
-                    del left[job.unit]
-            on_results(done)
-            results.extend(result for _, result in done)
+                    batch.append(reports.get_nowait())
+            done = self.collect(batch)
+            on_results([(job, result) for _, job, result in done])
+            results.extend(result for _, _, result in done)
+            running.difference_update(s for s, _ in batch if s.ended)
             fill()
         return results
 
 
-def results_of(client, ended: Sequence[tuple[StepJob, Future]]) -> list[tuple[StepJob, StepResult]]:
-    """The results of ended tasks, fetched in one round trip (one by one, only those
-    whose task broke), and the futures released."""
-    finished = [future for _, future in ended if future.status == "finished"]
-    try:
-        values = dict(zip((f.key for f in finished), client.gather(finished), strict=True))
-    except Exception:  # a result lost on the way: fetched one by one below
-        values = {}
-    out = []
-    for job, future in ended:
-        result = values.get(future.key)
-        out.append((job, result if result is not None else result_of(future, job)))
-        with contextlib.suppress(Exception):
-            future.release()
-    return out
+def _job(submitted: Submitted, step: str) -> StepJob:
+    return next(job for job in submitted.jobs if job.spec.name == step)
 
 
-def result_of(future: Future, job: StepJob) -> StepResult:
-    """The step's result, or one that says why the task itself broke (worker died, ...)."""
+def chain_results(submitted: Submitted) -> list[StepResult]:
+    """The chain's results, or, for each step, one that says why the task itself broke
+    (worker died, scheduler lost, ...)."""
     try:
-        return future.result()
+        return submitted.future.result()
     except Exception as exc:  # KilledWorker, CancelledError (scheduler lost), ...
         error = one_line(exc)
         now = time.time()
-        return StepResult(job.unit, job.spec.name, Outcome.NOT_RUN, now, now, error)
+        return [
+            StepResult(job.unit, job.spec.name, Outcome.NOT_RUN, now, now, error)
+            for job in submitted.jobs
+        ]

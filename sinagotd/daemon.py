@@ -21,12 +21,12 @@ from pathlib import Path
 from sinagot import __version__
 from sinagot.cluster import Connection, connect, resolve_address
 from sinagot.errors import ConfigError, SinagotError
-from sinagot.execute import DaskExecutor, newest_input, results_of
+from sinagot.execute import DaskExecutor, Submitted, newest_input
 from sinagot.layout import Scope, Unit
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
 from sinagot.requests import RunRequest, take_requests
-from sinagot.runner import Outcome, StepJob, StepResult, one_line
+from sinagot.runner import Outcome, StepResult, one_line
 from sinagot.workspace import Workspace
 
 from .sdnotify import Notifier
@@ -40,18 +40,17 @@ REQUESTS_EVERY = 0.5  # seconds: how often the loop looks for `sinagot run` requ
 
 @dataclass(frozen=True)
 class StepEnded:
-    flight: int
-    job: StepJob
-    future: object
+    """A step of a chain on the cluster ended (its result), or the chain's task did (None)."""
+
+    submitted: Submitted
+    result: StepResult | None
 
 
 @dataclass
 class Flight:
     """One unit's chain on the cluster."""
 
-    id: int
-    jobs: list[StepJob]
-    left: int
+    submitted: Submitted
     generation: str  # names this run's Dask keys; kept when resubmitting after a lost cluster
     blocked: bool = False  # a step could not run (not the script's fault): retry later
     lost: bool = False  # the cluster lost it: resubmit
@@ -315,19 +314,18 @@ class Daemon:
     def _submit(self, unit: Unit, plans: list[StepPlan]) -> None:
         jobs = [self.ws.job(plan) for plan in plans]
         generation = self.lost_generations.pop(unit, None) or self.ws.generation(unit, jobs)
-        flight = Flight(next(self._ids), jobs, len(jobs), generation)
         self.ws.store.mark_submitted([(job.unit, job.spec.name, generation) for job in jobs])
         ended = self.messages.put
         try:
-            self.executor.submit(
-                jobs, lambda job, future: ended(StepEnded(flight.id, job, future)), generation
+            submitted = self.executor.submit(
+                jobs, generation, lambda s, result: ended(StepEnded(s, result))
             )
         except Exception as exc:  # the client closed under us: the scheduler is gone
             self.lost_generations[unit] = generation
             self._requeue(unit, plans)
             self._cluster_lost(one_line(exc))
             return
-        self.in_flight[unit] = flight
+        self.in_flight[unit] = Flight(submitted, generation)
         self._idle = False
         for plan in plans:
             self.log.info("step.submitted", **_where(unit), step=plan.step.name,
@@ -340,15 +338,15 @@ class Daemon:
     # -- results ----------------------------------------------------------------------------
 
     def _ended(self, messages: list[StepEnded]) -> None:
-        results: list[StepResult] = []
-        landed: list[tuple[Unit, Flight]] = []
+        # Reports of flights given up when the cluster was lost (resubmitted since) are old.
         current = [
-            m for m in messages if (f := self.in_flight.get(m.job.unit)) and f.id == m.flight
+            (m.submitted, m.result)
+            for m in messages
+            if (f := self.in_flight.get(m.submitted.unit)) and f.submitted is m.submitted
         ]
-        # (Others come from flights given up when the cluster was lost: resubmitted since.)
-        fetched = results_of(self.executor.connection.client, [(m.job, m.future) for m in current])
-        for message, (_, result) in zip(current, fetched, strict=True):
-            flight = self.in_flight[message.job.unit]
+        results: list[StepResult] = []
+        for submitted, _, result in self.executor.collect(current):
+            flight = self.in_flight[submitted.unit]
             client_down = self.connection is None or self.connection.client.status != "running"
             if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
                 flight.lost = True
@@ -357,11 +355,9 @@ class Daemon:
                 flight.results.append(result)
                 self._report(result)
             flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
-            flight.left -= 1
-            if not flight.left:
-                landed.append((message.job.unit, flight))
         self.ws.record(results)  # recorded before any receipt is dropped
-        for unit, flight in landed:
+        landed = {s.unit: self.in_flight[s.unit] for s, _ in current if s.ended}
+        for unit, flight in landed.items():
             self._landed(unit, flight)
         self._fill()
 

@@ -29,7 +29,8 @@ from sinagot.layout import Scope
 
 HARBOR_IDS = ("REC-20200601", "REC-20200602", "REC-20200603")
 EEG_IDS = ("REC-200331-A", "REC-200331-B", "REC-200401-A")
-KEY = re.compile(r"(count|mean)-REC-2020060[1-3]-[0-9a-f]{8}")
+#: A unit's task: its steps, its unit, the token naming this run of it.
+KEY = re.compile(r"(?P<steps>(count|mean)(\+(count|mean))*)-(?P<unit>REC-2020060[1-3])-[0-9a-f]{8}")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -127,6 +128,16 @@ def transitions(address: str) -> collections.Counter:
 
 def new_keys(before: collections.Counter, after: collections.Counter) -> set[str]:
     return {key for key in after if after[key] > before.get(key, 0)}
+
+
+def steps_in(keys: set[str]) -> list[str]:
+    """'<step>-<unit>' for each step of each unit's task among these keys (not unique)."""
+    return [
+        f"{step}-{match['unit']}"
+        for match in map(KEY.fullmatch, keys)
+        if match
+        for step in match["steps"].split("+")
+    ]
 
 
 # -- an external cluster, shared by the module -------------------------------------------
@@ -245,8 +256,7 @@ def test_a_workspace_runs_on_an_external_scheduler(harbor, scheduler):
     )
     ran = new_keys(before, transitions(scheduler))
     assert len(expected) == 6 and all(KEY.fullmatch(k) for k in ran)
-    # Keys are '<step>-<unit>-<token>': every step of every unit ran there.
-    assert expected <= {k.rsplit("-", 1)[0] for k in ran}, "the steps ran there"
+    assert sorted(steps_in(ran)) == sorted(expected), "every step ran there, once"
 
 
 def test_the_cli_uses_the_scheduler_in_the_environment(harbor, scheduler):
@@ -258,7 +268,7 @@ def test_the_cli_uses_the_scheduler_in_the_environment(harbor, scheduler):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "6 step(s) done, 0 failed" in done.stdout
-    assert len({k for k in new_keys(before, transitions(scheduler)) if KEY.fullmatch(k)}) == 6
+    assert len(steps_in(new_keys(before, transitions(scheduler)))) == 6
     with Workspace(harbor, verbose=False) as ws:
         assert set(statuses(ws).values()) == {StepStatus.DONE}
 
@@ -280,8 +290,8 @@ def test_the_dask_address_in_the_config_is_used(harbor, scheduler):
     with Workspace(harbor, verbose=False) as ws:
         ws.records.get("REC-20200602").steps.run()
         assert ws.executor.connection.scheduler == scheduler
-    ran = {k for k in new_keys(before, transitions(scheduler)) if KEY.fullmatch(k)}
-    assert {k.rsplit("-", 1)[0] for k in ran} == {"count-REC-20200602", "mean-REC-20200602"}
+    ran = steps_in(new_keys(before, transitions(scheduler)))
+    assert sorted(ran) == ["count-REC-20200602", "mean-REC-20200602"]
 
     env = {k: v for k, v in os.environ.items() if k != "SINAGOT_DASK_ADDRESS"}
     done = subprocess.run(
@@ -387,6 +397,51 @@ def test_a_failing_step_stops_only_its_own_chain_on_dask(eeg, scheduler):
         if e["task"] == "RS" and e["step_label"] == "alpha"
     ]  # fmt: skip
     assert alpha_runs == [], "the later step of the failed unit never started"
+
+
+WAITING_MEAN = """
+import os
+import time
+
+from sinagot import ScriptTemplate
+
+
+class Script(ScriptTemplate):
+    PATH_IN = ("raw", "{id}-raw.csv")
+    PATH_OUT = ("computed", "{id}-mean.csv")
+
+    def run(self):
+        deadline = time.monotonic() + 20
+        while not os.path.exists(RELEASE):
+            if time.monotonic() > deadline:
+                raise TimeoutError("never released")
+            time.sleep(0.02)
+        with open(self.path.output, "w") as fh:
+            fh.write("released")
+"""
+
+
+def test_a_step_is_recorded_as_soon_as_it_ends_not_when_its_chain_does(harbor, scheduler):
+    """A unit's chain is one Dask task; each step's result is still published as it ends,
+    so `count` is recorded (and its DONE shows) while `mean` is still running."""
+    release = harbor / "release"
+    (harbor / "scripts" / "mean.py").write_text(f"RELEASE = {str(release)!r}\n{WAITING_MEAN}")
+    seen = []
+    with Workspace(harbor, verbose=False, scheduler=scheduler) as ws:
+
+        def on_result(result):
+            seen.append((result.step, result.outcome.value))
+            if result.step == "count":  # mean waits for this: it runs on until then
+                with Workspace(harbor, verbose=False) as reader:  # as `sinagot status` would
+                    status = statuses(reader)
+                seen.append(status[("REC-20200601", None, None, "count")])
+                seen.append(status[("REC-20200601", None, None, "mean")])
+                release.touch()
+
+        ws.execute(ws.plan(ws.units(Scope(), ["REC-20200601"])), on_result)
+    assert seen == [("count", "done"), StepStatus.DONE, StepStatus.PROCESSING, ("mean", "done")]
+    out = harbor / "dataset" / "computed" / "REC-20200601-mean.csv"
+    assert out.read_text() == "released"
 
 
 # -- task keys ---------------------------------------------------------------------------

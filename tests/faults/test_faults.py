@@ -69,8 +69,9 @@ def test_sinagotd_killed_9_while_steps_run_then_restarted(make_lab):
     as in a crash) while one step is mid-run, one has finished on its worker unheard by the
     daemon (it was SIGSTOPped first: the step left a receipt), and one is queued. After a
     restart the killed step reruns once, the finished one is not rerun (its receipt is
-    ingested), the queued one runs once (before the kill, unheard, if a worker had already
-    taken it), and the steps done before the crash stay done."""
+    ingested; the step after it, in the same task, ran on and is recovered or reruns), the
+    queued one runs once (before the kill, unheard, if a worker had already taken it), and
+    the steps done before the crash stay done."""
     lab = make_lab(2)
     first = lab.daemon()
     lab.settle()
@@ -106,7 +107,14 @@ def test_sinagotd_killed_9_while_steps_run_then_restarted(make_lab):
     unheard = {(finished_unheard, "count"), (queued, "count")}
     assert set(books.unreported_ok) <= unheard, books.report()
     assert submitted(second, finished_unheard) == [], "a finished step (receipt) ran again"
-    assert len(submitted(second, finished_unheard, "mean")) == 1
+    # Its unit's next step ran on in the same task, and was killed (then it reruns) or
+    # finished unheard too (then it is recovered): once, either way.
+    mean_again = submitted(second, finished_unheard, "mean")
+    mean_recovered = [
+        e for e in second.seen("step.finished", record_id=finished_unheard, step="mean")
+        if e.get("recovered")
+    ]  # fmt: skip
+    assert len(mean_again) + len(mean_recovered) == 1, (mean_again, mean_recovered)
     rerun = submitted(second, killed)
     assert len(rerun) == 1 and "the last run did not finish" in rerun[0]["reasons"], rerun
     for rid in (record_id(0), record_id(1)):
