@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import os
 import queue
 import time
@@ -175,28 +176,31 @@ class DaskExecutor:
             self._connection = None
 
     def submit(
-        self,
-        chain: Chain,
-        generation: str,
-        notify: Callable[[Submitted, StepResult | None], None],
-    ) -> Submitted:
-        """Submit one chain as one task; `notify` is called (from Dask's thread) with each
-        step's result as it ends, then with None when the task ends. Newer inputs, higher
-        priority. See `chain_token` for `generation`."""
+        self, chains: Sequence[Named], notify: Callable[[Submitted, StepResult | None], None]
+    ) -> list[Submitted]:
+        """Submit chains, one task each, newer inputs first; `notify` is called (from Dask's
+        thread) with each step's result as it ends, then with None when its task ends. Chains
+        of equal priority go in one message to the scheduler. See `chain_token` for the
+        generation that names each chain's run."""
         client = self.connection.client
-        topic = f"sinagot.steps:{chain[0].dataset}"
-        if topic not in self._topics:
+        topic = f"sinagot.steps:{chains[0][0][0].dataset}" if chains else ""
+        if chains and topic not in self._topics:
             client.subscribe_topic(topic, self._published)
             self._topics.add(topic)
-        jobs = named_jobs(chain, generation)
-        future = client.submit(
-            run_chain, jobs, Publish(topic, jobs[-1].run_id),
-            key=chain_key(jobs), priority=newest_input(chain), pure=False,
-        )  # fmt: skip
-        submitted = Submitted(jobs, future, notify)
-        for job in jobs:
-            self._running[job.run_id] = submitted
-        future.add_done_callback(lambda _: notify(submitted, None))
+        submitted: list[Submitted] = []
+        by_priority = itertools.groupby(chains, key=lambda named: newest_input(named[0]))
+        for priority, group in by_priority:
+            jobs = [named_jobs(chain, generation) for chain, generation in group]
+            futures = client.map(
+                run_chain, jobs, [Publish(topic, chain[-1].run_id) for chain in jobs],
+                key=[chain_key(chain) for chain in jobs], priority=priority, pure=False,
+            )  # fmt: skip
+            for chain, future in zip(jobs, futures, strict=True):
+                one = Submitted(chain, future, notify)
+                for job in chain:
+                    self._running[job.run_id] = one
+                future.add_done_callback(lambda _, one=one: notify(one, None))
+                submitted.append(one)
         return submitted
 
     def _published(self, event: tuple[float, str]) -> None:
@@ -254,8 +258,7 @@ class DaskExecutor:
             if not batch:
                 return
             on_start(batch)
-            for chain, generation in batch:
-                running.add(self.submit(chain, generation, lambda s, r: reports.put((s, r))))
+            running.update(self.submit(batch, lambda s, r: reports.put((s, r))))
 
         fill()
         while running:

@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,16 @@ def log_path(dataset: Path | str, record_id: str) -> Path:
     return Path(dataset) / LOG_FOLDER / f"{record_id}.log"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class RecordLog:
-    """Writes one step's lines to its record's log (and, in a terminal session, to stdout)."""
+    """Writes one step's lines to its record's log (and, in a terminal session, to stdout).
+
+    Used as a context manager around one run of a step, it opens the log file once instead
+    of once per line. Each line is still a single `os.write` to an `O_APPEND` descriptor,
+    made at once, so lines of other workers never interleave with it and `sinagot logs
+    --follow` sees each line as it is written. Outside the `with` block (a script's logger
+    used after its run) each line opens and closes the file itself.
+    """
 
     dataset: str
     record_id: str
@@ -40,6 +48,35 @@ class RecordLog:
     step: str
     workspace_version: str | None = None
     echo: bool = False
+    _fd: int | None = field(default=None, init=False, repr=False)
+    # A script's threads may still log while the step ends: the lock keeps a line from
+    # being written to a descriptor closed, and perhaps reused, under it. Reentrant, so
+    # that a signal handler logging in the middle of a line cannot deadlock.
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+
+    def __enter__(self) -> RecordLog:
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+
+    def _open(self) -> int:
+        folder = os.path.join(self.dataset, LOG_FOLDER)  # what `log_path` says, without pathlib
+        path = os.path.join(folder, f"{self.record_id}.log")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, status: StepStatus, message: str) -> None:
         now = datetime.now().astimezone()
@@ -53,17 +90,16 @@ class RecordLog:
             "time": now.isoformat(),
             "workspace_version": self.workspace_version,
         }
-        path = log_path(self.dataset, self.record_id)
         data = (json.dumps(line, ensure_ascii=False) + "\n").encode()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        with self._lock:
+            if self._fd is not None:
+                os.write(self._fd, data)
+            else:
+                fd = self._open()
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
         if self.echo:
             label = "-".join(p for p in (self.task, self.modality, self.step) if p)
             stamp = now.strftime("%Y-%m-%d %H:%M:%S,") + f"{now.microsecond // 1000:03d}"

@@ -14,10 +14,11 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -90,7 +91,9 @@ class StepResult:
         return self.finished - self.started
 
     def to_json(self) -> str:
-        data = asdict(self)
+        # Shallow: every field but `unit` is a str, float or None (Outcome is a str), and
+        # `asdict`'s deep copy costs a worker more than writing the receipt.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["unit"] = self.unit._asdict()
         return json.dumps(data)
 
@@ -110,9 +113,10 @@ def lock_name(run_id: str) -> str:
     return f".{run_id}.lock"
 
 
-def temp_path(final: Path, token: str = "") -> Path:
+def temp_path(final: str, token: str = "") -> str:
     """Where an output is written before its rename: hidden, same folder, same suffix."""
-    return final.with_name(f"{TEMP_PREFIX}{token}{'-' if token else ''}{final.name}")
+    folder, name = os.path.split(final)
+    return os.path.join(folder, f"{TEMP_PREFIX}{token}{'-' if token else ''}{name}")
 
 
 def run_step(job: StepJob) -> StepResult:
@@ -125,17 +129,25 @@ def run_step(job: StepJob) -> StepResult:
     """
     if job.receipts is None or not job.run_id:
         return _run(job)
-    folder = Path(job.receipts)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / lock_name(job.run_id), os.O_RDWR | os.O_CREAT, 0o664)
+    lock = os.path.join(job.receipts, lock_name(job.run_id))
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
+    except FileNotFoundError:  # the first run of the dataset: no receipts folder yet
+        os.makedirs(job.receipts, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        receipt = folder / receipt_name(job.run_id)
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            return StepResult.from_json(receipt.read_text())
-        result = _run(job)
+        receipt = os.path.join(job.receipts, receipt_name(job.run_id))
+        result = _read_receipt(receipt)
+        if result is None:
+            result = _run(job)
+            if result.state is not None:
+                _write_receipt(receipt, result)
         if result.state is not None:
-            _write_receipt(receipt, result)
+            # The receipt answers any later attempt now: the lock can go. One waiting on
+            # this lock's file reads the receipt once it has the lock.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
         return result
     finally:
         os.close(fd)
@@ -154,11 +166,18 @@ def skipped(job: StepJob, reason: str, when: float) -> StepResult:
 
 
 def _run(job: StepJob) -> StepResult:
-    unit, spec = job.unit, job.spec
-    log = RecordLog(
-        job.dataset, unit.record_id, unit.task, unit.modality, spec.name,
+    unit = job.unit
+    with RecordLog(
+        job.dataset, unit.record_id, unit.task, unit.modality, job.spec.name,
         job.workspace_version, job.echo,
-    )  # fmt: skip
+    ) as log:  # fmt: skip
+        return _run_logged(job, log)
+
+
+def _run_logged(job: StepJob, log: RecordLog) -> StepResult:
+    # Paths are plain strings here (a worker runs this for every step and pathlib is slow
+    # to build); the script alone gets `Path`s.
+    unit, spec = job.unit, job.spec
     started = time.time()
 
     def finish(outcome: Outcome, error: str | None = None, **extra: str | None) -> StepResult:
@@ -167,11 +186,10 @@ def _run(job: StepJob) -> StepResult:
         )
 
     log.write(StepStatus.INIT, "Init run")
-    dataset = Path(job.dataset)
-    in_paths = tuple(dataset / rel for rel in job.inputs)
+    in_paths = tuple(os.path.join(job.dataset, rel) for rel in job.inputs)
     fingerprints: list[Fingerprint] = []
     for rel, path in zip(job.inputs, in_paths, strict=True):
-        fp = stat_path(str(path))
+        fp = stat_path(path)
         if fp is None:
             message = f"input {rel} is missing"
             log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
@@ -196,15 +214,16 @@ def _run(job: StepJob) -> StepResult:
         return finish(Outcome.FAILED, error, inputs=inputs, code_hash=current)
     ran = {"inputs": inputs, "input_hashes": hashes, "code_hash": loaded.code_hash}
 
-    finals = tuple(dataset / rel for rel in job.outputs)
+    finals = tuple(os.path.join(job.dataset, rel) for rel in job.outputs)
     # One name per output, so that the next run replaces what a killed run left behind.
     temps = tuple(temp_path(p) for p in finals)
     _remove(temps)
     try:
-        for path in finals:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(path.parent, os.W_OK):
-                raise PermissionError(f"output folder {path.parent} is not writable")
+        for folder in dict.fromkeys(os.path.dirname(p) for p in finals):
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(f"output folder {folder} is not writable")
     except OSError as exc:
         error = one_line(exc)
         log.write(StepStatus.ERROR, f"Cannot write outputs: {error}")
@@ -216,7 +235,10 @@ def _run(job: StepJob) -> StepResult:
             id=unit.record_id,
             task=unit.task,
             modality=unit.modality,
-            path=ScriptPaths(spec.inputs.shape(in_paths), spec.outputs.shape(temps)),
+            path=ScriptPaths(
+                spec.inputs.shape(tuple(map(Path, in_paths))),
+                spec.outputs.shape(tuple(map(Path, temps))),
+            ),
             logger=log.logger(),
         )
         if job.echo:
@@ -224,7 +246,9 @@ def _run(job: StepJob) -> StepResult:
         else:
             with output_to(lambda line: log.write(StepStatus.PROCESSING, line)):
                 script.run()
-        unwritten = [rel for rel, t in zip(job.outputs, temps, strict=True) if not t.exists()]
+        unwritten = [
+            rel for rel, t in zip(job.outputs, temps, strict=True) if not os.path.exists(t)
+        ]
         if unwritten:
             raise RuntimeError(f"the script did not write output {', '.join(unwritten)}")
         for temp, final in zip(temps, finals, strict=True):
@@ -235,34 +259,60 @@ def _run(job: StepJob) -> StepResult:
         return finish(Outcome.FAILED, error, **ran)
     finally:
         _remove(temps)  # whatever was not renamed into place, even on KeyboardInterrupt
-    outputs = encode_fingerprints(job.outputs, [stat_path(str(p)) for p in finals])
+    outputs = encode_fingerprints(job.outputs, [stat_path(p) for p in finals])
     log.write(StepStatus.DONE, "Run finished")
     return finish(Outcome.DONE, outputs=outputs, **ran)
 
 
-def _write_receipt(final: Path, result: StepResult) -> None:
+def _read_receipt(path: str) -> StepResult | None:
+    """The result a receipt holds; None when there is none (the common case, which costs
+    one failing `os.open`) or when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        with open(fd, encoding="utf-8") as fh:
+            return StepResult.from_json(fh.read())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_receipt(final: str, result: StepResult) -> None:
+    """Written whole under a temporary name, then renamed: a reader never sees half of it."""
     temp = temp_path(final, uuid.uuid4().hex[:8])
-    temp.write_text(result.to_json())
+    data = result.to_json().encode()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
     os.replace(temp, final)
 
 
-def _replace(temp: Path, final: Path) -> None:
+def _replace(temp: str, final: str) -> None:
     """Move a finished output into place; a folder output replaces the old folder."""
-    if temp.is_dir() and final.is_dir():
-        old = final.with_name(f"{TEMP_PREFIX}old-{final.name}")
-        final.rename(old)
-        temp.rename(final)
+    if os.path.isdir(temp) and os.path.isdir(final):
+        old = temp_path(final, "old")
+        os.rename(final, old)
+        os.rename(temp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(temp, final)
 
 
-def _remove(paths: tuple[Path, ...]) -> None:
+def _remove(paths: tuple[str, ...]) -> None:
     for path in paths:
-        if path.is_dir():
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the common case: nothing there, found with one system call
+        if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def one_line(exc: BaseException) -> str:

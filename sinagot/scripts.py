@@ -2,7 +2,8 @@
 
 Patterns are read from the script's source without running it whenever they are literals,
 so loading a workspace (or `sinagot status`) never imports pandas or whatever a script uses.
-A script is executed fresh from its file for every run, so an edit is picked up at once.
+A script is executed fresh from its file for every run, so an edit is picked up at once;
+only its compilation is reused while its bytes stay the same.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ast
 import contextlib
 import hashlib
 import logging
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -73,31 +75,62 @@ def code_hash(source: bytes) -> str:
 
 
 def _read(path: Path) -> bytes:
+    """The script's bytes; plain `os` calls, as a worker reads its script for every step."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ScriptError(f"{path}: script not found") from None
     except OSError as exc:
         raise ScriptError(f"{path}: cannot read script: {exc.strerror}") from None
+    return b"".join(chunks)
+
+
+_COMPILED_MAX = 64
+_compiled: dict[str, tuple[bytes, types.CodeType, str]] = {}
+"""Script path -> (source, its code object, its code hash), for the latest source only."""
+
+
+def _compile(path: Path, source: bytes) -> tuple[types.CodeType, str]:
+    """The code object and code hash of this source, compiled once per process.
+
+    A worker loads the script for every step, and compiling costs more than the rest of a
+    trivial step. The cache is keyed by the bytes themselves rather than the file's mtime,
+    so an edit is seen even within one tick of the file system's clock.
+    """
+    key = str(path)
+    cached = _compiled.get(key)
+    if cached is not None and cached[0] == source:
+        return cached[1], cached[2]
+    try:
+        code = compile(source, key, "exec")
+    except SyntaxError as exc:
+        raise ScriptError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
+    if len(_compiled) >= _COMPILED_MAX:
+        _compiled.clear()  # more scripts than any workspace has: start again, stay small
+    digest = code_hash(source)
+    _compiled[key] = (source, code, digest)
+    return code, digest
 
 
 def load_script(path: Path) -> LoadedScript:
     """Execute a script file in a fresh module and return its `Script` class."""
-    source = _read(path)
+    code, digest = _compile(path, _read(path))
     name = f"sinagot_script_{code_hash(str(path).encode())}"
     module = types.ModuleType(name)
     module.__file__ = str(path)
-    try:
-        code = compile(source, str(path), "exec")
-    except SyntaxError as exc:
-        raise ScriptError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
     # Registered so that dataclasses, pickle and friends can find the module while it runs.
     sys.modules[name] = module
     exec(code, module.__dict__)
     cls = module.__dict__.get("Script")
     if not (isinstance(cls, type) and issubclass(cls, ScriptTemplate)):
         raise ScriptError(f"{path}: no class `Script(ScriptTemplate)` found")
-    return LoadedScript(cls, code_hash(source))
+    return LoadedScript(cls, digest)
 
 
 def read_patterns(path: Path) -> tuple[object, object]:

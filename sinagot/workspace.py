@@ -241,11 +241,13 @@ class Workspace:
         return new
 
     def forget(self, results: Iterable[StepResult]) -> None:
-        """Drop the receipts (and locks) of recorded runs whose whole unit has landed."""
+        """Drop the receipts of recorded runs whose whole unit has landed, or the lock of a
+        run that left no receipt (the worker drops the lock when it leaves one)."""
         for result in results:
             if result.run_id:
-                (self.receipts / receipt_name(result.run_id)).unlink(missing_ok=True)
-                (self.receipts / lock_name(result.run_id)).unlink(missing_ok=True)
+                name = receipt_name if result.state is not None else lock_name
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.receipts, name(result.run_id)))
 
     def _ingest_if_free(self) -> None:
         """Record pending receipts if no other writer is at work (it would ingest them)."""

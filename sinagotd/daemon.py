@@ -304,32 +304,44 @@ class Daemon:
     def _fill(self) -> None:
         if self.stops or self._reconnect_at is not None:
             return
-        limit = self.ws.config.dask.max_in_flight
-        while self.waiting and len(self.in_flight) < limit:
+        batch: dict[Unit, list[StepPlan]] = {}
+        room = self.ws.config.dask.max_in_flight - len(self.in_flight)
+        while self.waiting and len(batch) < room:
             _, _, unit = heapq.heappop(self.waiting)
             plans = self.waiting_plans.pop(unit, None)
             if plans is not None and unit not in self.in_flight:
-                self._submit(unit, plans)
+                batch[unit] = plans
+        if batch:
+            self._submit(batch)
 
-    def _submit(self, unit: Unit, plans: list[StepPlan]) -> None:
-        jobs = [self.ws.job(plan) for plan in plans]
-        generation = self.lost_generations.pop(unit, None) or self.ws.generation(unit, jobs)
-        self.ws.store.mark_submitted([(job.unit, job.spec.name, generation) for job in jobs])
+    def _submit(self, batch: dict[Unit, list[StepPlan]]) -> None:
+        """Submit these units' chains, newest first (the order they come in)."""
+        chains = []
+        for unit, plans in batch.items():
+            jobs = [self.ws.job(plan) for plan in plans]
+            chains.append(
+                (jobs, self.lost_generations.pop(unit, None) or self.ws.generation(unit, jobs))
+            )
+        self.ws.store.mark_submitted(
+            [(job.unit, job.spec.name, generation) for jobs, generation in chains for job in jobs]
+        )
         ended = self.messages.put
         try:
-            submitted = self.executor.submit(
-                jobs, generation, lambda s, result: ended(StepEnded(s, result))
-            )
+            submitted = self.executor.submit(chains, lambda s, result: ended(StepEnded(s, result)))
         except Exception as exc:  # the client closed under us: the scheduler is gone
-            self.lost_generations[unit] = generation
-            self._requeue(unit, plans)
+            for (unit, plans), (_, generation) in zip(batch.items(), chains, strict=True):
+                self.lost_generations[unit] = generation
+                self._requeue(unit, plans)
             self._cluster_lost(one_line(exc))
             return
-        self.in_flight[unit] = Flight(submitted, generation)
         self._idle = False
-        for plan in plans:
-            self.log.info("step.submitted", **_where(unit), step=plan.step.name,
-                          reasons=list(plan.reasons))  # fmt: skip
+        for (unit, plans), one, (_, generation) in zip(
+            batch.items(), submitted, chains, strict=True
+        ):
+            self.in_flight[unit] = Flight(one, generation)
+            for plan in plans:
+                self.log.info("step.submitted", **_where(unit), step=plan.step.name,
+                              reasons=list(plan.reasons))  # fmt: skip
 
     def _requeue(self, unit: Unit, plans: list[StepPlan]) -> None:
         self.waiting_plans[unit] = plans
