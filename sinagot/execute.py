@@ -6,8 +6,8 @@ chain (the later steps are reported skipped) and never touches the others.
 On Dask, a chain is one task (`run_chain`), not one task per step: a task costs the
 scheduler and the workers about a millisecond whatever it does, and a unit's steps run one
 after the other on one worker anyway. Each step's result still reaches the submitter as
-soon as the step ends, through Dask's pub/sub (`Publish`), so a long chain's first steps
-are recorded when they end, not when the chain does.
+soon as the step ends (at most `PROGRESS_DELAY` later), through Dask's pub/sub (`Publish`),
+so a long chain's first steps are recorded when they end, not when the chain does.
 """
 
 from __future__ import annotations
@@ -27,12 +27,16 @@ from typing import TYPE_CHECKING, Protocol
 from .runner import Outcome, StepJob, StepResult, one_line, run_after, run_step
 
 if TYPE_CHECKING:
-    from distributed import Future
+    from distributed import Future, Worker
 
     from .cluster import Connection
     from .layout import Unit
 
 Chain = Sequence[StepJob]
+#: Seconds a step's result may wait to come back with its chain's, if the chain ends by then.
+PROGRESS_DELAY = 0.5
+#: Seconds the submitter waits for more results after one, to record them together.
+GATHER_WINDOW = 0.02
 #: A chain to run and the name of this run of it (see `chain_token`).
 Named = tuple[Chain, str]
 #: Called with chains just before any of their steps may start (the store marks them then).
@@ -51,13 +55,16 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def run_chain(chain: Chain, report: Callable[[StepResult], None]) -> list[StepResult]:
-    """Run a unit's steps in order, each once the one before succeeded, telling `report`
-    of each as it ends. The task a Dask worker runs for a unit."""
+def run_chain(chain: Chain, report: Callable[[StepResult | None], None]) -> list[StepResult]:
+    """Run a unit's steps in order, each once the one before succeeded, telling `report` of
+    each as it ends, then None: the chain ended. The task a Dask worker runs for a unit."""
     results: list[StepResult] = []
-    for job in chain:
-        results.append(run_after(job, results[-1]) if results else run_step(job))
-        report(results[-1])
+    try:
+        for job in chain:
+            results.append(run_after(job, results[-1]) if results else run_step(job))
+            report(results[-1])
+    finally:
+        report(None)
     return results
 
 
@@ -77,9 +84,12 @@ class LocalExecutor:
         for chain, generation in chains:
             on_start([(chain, generation)])
             jobs = {job.spec.name: job for job in named_jobs(chain, generation)}
-            results += run_chain(
-                tuple(jobs.values()), lambda r, jobs=jobs: on_results([(jobs[r.step], r)])
-            )
+
+            def report(result: StepResult | None, jobs: dict[str, StepJob] = jobs) -> None:
+                if result is not None:
+                    on_results([(jobs[result.step], result)])
+
+            results += run_chain(tuple(jobs.values()), report)
         return results
 
     def close(self) -> None:
@@ -114,20 +124,33 @@ def chain_key(jobs: Sequence[StepJob]) -> str:
     return f"{steps}{jobs[0].run_id[len(jobs[0].spec.name) :]}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Publish:
-    """Sends a step's result to the submitter as soon as the step ends (Dask's pub/sub:
-    the worker's `log_event`, the client's `subscribe_topic`)."""
+    """Tells the submitter of a step's result while the rest of its chain runs (Dask's
+    pub/sub: the worker's `log_event`, the client's `subscribe_topic`).
+
+    A result is sent only if its chain still runs `delay` seconds after the step ended: a
+    quick chain's results all come back with the task's own result, in one message, and
+    a long step never holds up news of the one before it by more than `delay`.
+    """
 
     topic: str
-    last: str  # the chain's last step's run name: its result comes with the chain's
+    delay: float = PROGRESS_DELAY
+    ended: bool = False
 
-    def __call__(self, result: StepResult) -> None:
-        if result.outcome is Outcome.SKIPPED or result.run_id == self.last:
-            return  # the chain ends now: its result will tell
+    def __call__(self, result: StepResult | None) -> None:
+        if result is None:
+            self.ended = True
+            return
         from distributed import get_worker
 
-        get_worker().log_event(self.topic, result.to_json())
+        worker = get_worker()
+        # The worker's event loop, not this thread, sends: call_later wants its own loop.
+        worker.loop.add_callback(worker.loop.call_later, self.delay, self._send, worker, result)
+
+    def _send(self, worker: Worker, result: StepResult) -> None:
+        if not self.ended:
+            worker.log_event(self.topic, result.to_json())
 
 
 @dataclass(eq=False)
@@ -192,7 +215,7 @@ class DaskExecutor:
         for priority, group in by_priority:
             jobs = [named_jobs(chain, generation) for chain, generation in group]
             futures = client.map(
-                run_chain, jobs, [Publish(topic, chain[-1].run_id) for chain in jobs],
+                run_chain, jobs, [Publish(topic) for _ in jobs],
                 key=[chain_key(chain) for chain in jobs], priority=priority, pure=False,
             )  # fmt: skip
             for chain, future in zip(jobs, futures, strict=True):
@@ -263,9 +286,10 @@ class DaskExecutor:
         fill()
         while running:
             batch = [reports.get()]
+            until = time.monotonic() + GATHER_WINDOW
             with contextlib.suppress(queue.Empty):
                 while len(batch) < 1000:
-                    batch.append(reports.get_nowait())
+                    batch.append(reports.get(timeout=max(0.0, until - time.monotonic())))
             done = self.collect(batch)
             on_results([(job, result) for _, job, result in done])
             results.extend(result for _, _, result in done)
