@@ -135,6 +135,7 @@ class Publish:
     """
 
     topic: str
+    last: str  # the run name of the chain's last step: its result comes with the chain's
     delay: float = PROGRESS_DELAY
     ended: bool = False
 
@@ -142,11 +143,16 @@ class Publish:
         if result is None:
             self.ended = True
             return
+        if result.run_id == self.last or result.outcome is Outcome.SKIPPED:
+            return  # the chain ends now
         from distributed import get_worker
 
-        worker = get_worker()
-        # The worker's event loop, not this thread, sends: call_later wants its own loop.
-        worker.loop.add_callback(worker.loop.call_later, self.delay, self._send, worker, result)
+        # News of progress is a hint, the task's own result the record: never fail a chain
+        # over it (e.g. run outside a worker).
+        with contextlib.suppress(Exception):
+            worker = get_worker()
+            # The worker's event loop sends, not this thread: call_later wants its own loop.
+            worker.loop.add_callback(worker.loop.call_later, self.delay, self._send, worker, result)
 
     def _send(self, worker: Worker, result: StepResult) -> None:
         if not self.ended:
@@ -215,7 +221,7 @@ class DaskExecutor:
         for priority, group in by_priority:
             jobs = [named_jobs(chain, generation) for chain, generation in group]
             futures = client.map(
-                run_chain, jobs, [Publish(topic) for _ in jobs],
+                run_chain, jobs, [Publish(topic, chain[-1].run_id) for chain in jobs],
                 key=[chain_key(chain) for chain in jobs], priority=priority, pure=False,
             )  # fmt: skip
             for chain, future in zip(jobs, futures, strict=True):
