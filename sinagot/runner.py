@@ -17,7 +17,6 @@ import shutil
 import stat
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -109,10 +108,6 @@ def receipt_name(run_id: str) -> str:
     return f"{run_id}.json"
 
 
-def lock_name(run_id: str) -> str:
-    return f".{run_id}.lock"
-
-
 def temp_path(final: str, token: str = "") -> str:
     """Where an output is written before its rename: hidden, same folder, same suffix."""
     folder, name = os.path.split(final)
@@ -122,32 +117,29 @@ def temp_path(final: str, token: str = "") -> str:
 def run_step(job: StepJob) -> StepResult:
     """Run one step. Never raises for a problem of the step itself: it reports it.
 
-    A run is done at most once: it holds a lock named after its `run_id` while it runs and
-    leaves a receipt when it is done, so a second attempt at the same run (Dask recomputing
-    a result lost with a worker, a resubmission after the scheduler came back while the
-    first attempt still ran) waits for the first and returns its result.
+    A run is done at most once: its receipt, a file named after its `run_id`, is locked
+    while the run goes on and then holds its result, so a second attempt at the same run
+    (Dask recomputing a result lost with a worker, a resubmission after the scheduler came
+    back while the first attempt still ran) waits for the first and returns its result.
     """
     if job.receipts is None or not job.run_id:
         return _run(job)
-    lock = os.path.join(job.receipts, lock_name(job.run_id))
+    path = os.path.join(job.receipts, receipt_name(job.run_id))
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except FileNotFoundError:  # the first run of the dataset: no receipts folder yet
         os.makedirs(job.receipts, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        receipt = os.path.join(job.receipts, receipt_name(job.run_id))
-        result = _read_receipt(receipt)
-        if result is None:
-            result = _run(job)
-            if result.state is not None:
-                _write_receipt(receipt, result)
+        earlier = _read_receipt(fd)
+        if earlier is not None:
+            return earlier
+        result = _run(job)
         if result.state is not None:
-            # The receipt answers any later attempt now: the lock can go. One waiting on
-            # this lock's file reads the receipt once it has the lock.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
+            _write_receipt(fd, result)
+        else:  # nothing ran: nothing to answer later attempts with
+            os.unlink(path)
         return result
     finally:
         os.close(fd)
@@ -264,31 +256,23 @@ def _run_logged(job: StepJob, log: RecordLog) -> StepResult:
     return finish(Outcome.DONE, outputs=outputs, **ran)
 
 
-def _read_receipt(path: str) -> StepResult | None:
-    """The result a receipt holds; None when there is none (the common case, which costs
-    one failing `os.open`) or when it cannot be read."""
+def _read_receipt(fd: int) -> StepResult | None:
+    """The result a receipt holds; None while it is empty (its run never ended) or torn."""
+    data = b""
+    while chunk := os.pread(fd, 1 << 16, len(data)):
+        data += chunk
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        with open(fd, encoding="utf-8") as fh:
-            return StepResult.from_json(fh.read())
-    except (OSError, ValueError, TypeError, KeyError):
+        return StepResult.from_json(data.decode()) if data else None
+    except (ValueError, TypeError, KeyError):
         return None
 
 
-def _write_receipt(final: str, result: StepResult) -> None:
-    """Written whole under a temporary name, then renamed: a reader never sees half of it."""
-    temp = temp_path(final, uuid.uuid4().hex[:8])
+def _write_receipt(fd: int, result: StepResult) -> None:
+    os.ftruncate(fd, 0)  # whatever a torn write left
     data = result.to_json().encode()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
-    os.replace(temp, final)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], written)
 
 
 def _replace(temp: str, final: str) -> None:

@@ -20,7 +20,7 @@ from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
-from .runner import StepJob, StepResult, lock_name, receipt_name
+from .runner import StepJob, StepResult, receipt_name
 from .scripts import code_hash
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
 
@@ -241,13 +241,11 @@ class Workspace:
         return new
 
     def forget(self, results: Iterable[StepResult]) -> None:
-        """Drop the receipts of recorded runs whose whole unit has landed, or the lock of a
-        run that left no receipt (the worker drops the lock when it leaves one)."""
+        """Drop the receipts of recorded runs whose whole unit has landed."""
         for result in results:
-            if result.run_id:
-                name = receipt_name if result.state is not None else lock_name
+            if result.run_id and result.state is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.receipts, name(result.run_id)))
+                    os.unlink(os.path.join(self.receipts, receipt_name(result.run_id)))
 
     def _ingest_if_free(self) -> None:
         """Record pending receipts if no other writer is at work (it would ingest them)."""

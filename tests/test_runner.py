@@ -18,7 +18,7 @@ from faults.harness import lock_waiter_in, wait_until
 from sinagot import StepStatus, Workspace
 from sinagot.errors import ScriptError
 from sinagot.recordlog import RecordLog, log_path, read_lines
-from sinagot.runner import Outcome, StepJob, StepResult, lock_name, receipt_name, run_step
+from sinagot.runner import Outcome, StepJob, StepResult, receipt_name, run_step
 from sinagot.scripts import code_hash, load_script
 
 SCRIPT = """from sinagot import ScriptTemplate
@@ -179,7 +179,6 @@ def test_a_run_leaves_a_receipt_a_second_attempt_returns(harbor: Path) -> None:
     assert first.ok and first.code_hash and first.outputs
     receipt = receipts / receipt_name(job.run_id)
     assert StepResult.from_json(receipt.read_text()) == first
-    assert not (receipts / lock_name(job.run_id)).exists(), "the receipt answers now"
     assert not [p for p in receipts.iterdir() if p.name.startswith(".sinagot-tmp-")]
     assert run_step(job) == first
     assert init_runs(job) == 1
@@ -197,9 +196,11 @@ def test_the_receipts_folder_is_made_when_missing(harbor: Path, tmp_path: Path) 
 def test_an_unreadable_receipt_runs_the_step(harbor: Path) -> None:
     job = count_job(harbor, "count-REC-20200601-0000dead")
     Path(job.receipts or "").mkdir(parents=True, exist_ok=True)
-    (Path(job.receipts or "") / receipt_name(job.run_id)).write_text("{not json")
-    assert run_step(job).ok
-    assert init_runs(job) == 1
+    receipt = Path(job.receipts or "") / receipt_name(job.run_id)
+    receipt.write_text('{"a torn write, much longer than the result it will hold": "' + "x" * 4000)
+    result = run_step(job)
+    assert result.ok and init_runs(job) == 1
+    assert StepResult.from_json(receipt.read_text()) == result, "rewritten whole"
 
 
 def test_a_run_that_did_not_run_leaves_no_receipt(harbor: Path) -> None:
@@ -211,15 +212,14 @@ def test_a_run_that_did_not_run_leaves_no_receipt(harbor: Path) -> None:
 
 
 def test_a_second_attempt_waits_for_the_first(harbor: Path) -> None:
-    """While an attempt holds the run's lock, another waits, then returns its receipt, even
-    though the first removed the lock's file (as it does once its receipt is written)."""
+    """While an attempt holds the run's receipt locked, another waits, then returns the
+    result the first wrote into it; so does any later attempt."""
     job = count_job(harbor, "count-REC-20200601-0000abcd")
     receipts = Path(job.receipts or "")
     receipts.mkdir(parents=True, exist_ok=True)
     now = time.time()
     theirs = StepResult(job.unit, "count", Outcome.DONE, now, now, run_id=job.run_id)
-    lock = receipts / lock_name(job.run_id)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
+    fd = os.open(receipts / receipt_name(job.run_id), os.O_RDWR | os.O_CREAT, 0o664)
     fcntl.flock(fd, fcntl.LOCK_EX)
     got: list[StepResult] = []
     waiting = threading.Thread(target=lambda: got.append(run_step(job)))
@@ -227,11 +227,20 @@ def test_a_second_attempt_waits_for_the_first(harbor: Path) -> None:
     try:
         wait_until(lambda: lock_waiter_in(receipts), 10, "the second attempt waits")
         assert not got
-        (receipts / receipt_name(job.run_id)).write_text(theirs.to_json())
-        lock.unlink()
+        os.write(fd, theirs.to_json().encode())
     finally:
         os.close(fd)  # releases the lock
     waiting.join(10)
     assert got == [theirs]
-    assert run_step(job) == theirs, "a later attempt: the receipt, no lock to wait for"
+    assert run_step(job) == theirs, "a later attempt: the receipt"
     assert init_runs(job) == 0
+
+
+def test_an_empty_receipt_left_by_a_killed_run_runs_the_step(harbor: Path) -> None:
+    job = count_job(harbor, "count-REC-20200601-0000dead")
+    receipt = Path(job.receipts or "") / receipt_name(job.run_id)
+    receipt.parent.mkdir(parents=True, exist_ok=True)
+    receipt.touch()  # a run killed before it ended leaves its receipt empty
+    result = run_step(job)
+    assert result.ok and init_runs(job) == 1
+    assert StepResult.from_json(receipt.read_text()) == result
