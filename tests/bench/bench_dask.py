@@ -18,8 +18,9 @@ clock with `time.perf_counter`, in this one process:
     count its rows, write the count and the mean outputs: the work of the two trivial steps,
     done directly, with no atomic rename, no logs, no receipts, no state store), then
     `client.gather`;
-(c) for reference only: raw Dask with sinagot's task graph, two tasks a record (count, then
-    mean depending on it), on a second copy.
+(c) for reference only: raw Dask with one task per step, two tasks a record (count, then
+    mean depending on it), on a second copy: what a graph of chained steps costs by itself
+    (Sinagot runs each unit's chain as one task).
 
 For each, the CPU time used meanwhile by this process (the client, and the embedded
 scheduler, which runs in it) and by the two worker processes: on a small machine they
@@ -115,7 +116,7 @@ def run_raw(client, folder: Path) -> float:
 
 
 def run_raw_chains(client, folder: Path) -> float:
-    """(c): two tasks a record, the second depending on the first, as sinagot submits."""
+    """(c): two tasks a record, the second depending on the first."""
     start = time.perf_counter()
     paths = raws(folder)
     first = client.map(raw_one, paths, ["count"] * len(paths), pure=False)
