@@ -165,7 +165,7 @@ class Submitted:
 
     jobs: tuple[StepJob, ...]
     future: Future
-    notify: Callable[[Submitted, StepResult | None], None]
+    notify: Notify
     reported: set[str] = field(default_factory=set)
     ended: bool = False
 
@@ -177,6 +177,7 @@ class Submitted:
 #: What the cluster tells of a submitted chain: a step's result as it ends, or None when
 #: the chain's task ended (its results are then fetched by `DaskExecutor.collect`).
 Report = tuple[Submitted, StepResult | None]
+Notify = Callable[[Submitted, StepResult | None], None]
 
 
 class DaskExecutor:
@@ -203,10 +204,9 @@ class DaskExecutor:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        self._running.clear()  # their tasks went with the client
 
-    def submit(
-        self, chains: Sequence[Named], notify: Callable[[Submitted, StepResult | None], None]
-    ) -> list[Submitted]:
+    def submit(self, chains: Sequence[Named], notify: Notify) -> list[Submitted]:
         """Submit chains, one task each, newer inputs first; `notify` is called (from Dask's
         thread) with each step's result as it ends, then with None when its task ends. Chains
         of equal priority go in one message to the scheduler. See `chain_token` for the
@@ -245,7 +245,7 @@ class DaskExecutor:
         ending = {s.future.key: s for s, r in reports if r is None and not s.ended}
         finished = [s.future for s in ending.values() if s.future.status == "finished"]
         try:
-            gathered = self.connection.client.gather(finished)
+            gathered = self.connection.client.gather(finished) if finished else []
             values = dict(zip((f.key for f in finished), gathered, strict=True))
         except Exception:  # a result lost on the way: fetched one by one below
             values = {}
