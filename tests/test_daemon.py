@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from faults.harness import clean_env, group_members
+from faults.harness import Predicate, clean_env, group_members, matcher
 
 from sinagot import __version__
 
@@ -42,8 +42,6 @@ STEPS = ("count", "mean")
 LIGHT_DASK = '\n[dask]\nn_workers = 1\ndashboard_address = ":0"\n'
 HEADER = "boat_name,country,size\n"
 _EOF = object()
-
-Predicate = Callable[[dict[str, Any]], bool]
 
 
 class Sinagotd:
@@ -90,7 +88,7 @@ class Sinagotd:
 
     def wait_for(self, what: str | Predicate, timeout: float = 30, **keys: Any) -> dict[str, Any]:
         """The next event named `what` (or matching the predicate) with these key values."""
-        match = _matcher(what, keys)
+        match = matcher(what, keys)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -113,7 +111,7 @@ class Sinagotd:
 
     def seen(self, what: str | Predicate, since: int = 0, **keys: Any) -> list[dict[str, Any]]:
         """The events taken so far (from index `since`) that match."""
-        match = _matcher(what, keys)
+        match = matcher(what, keys)
         return [event for event in self.events[since:] if match(event)]
 
     def mark(self) -> int:
@@ -176,18 +174,6 @@ class Sinagotd:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
-
-
-def _matcher(what: str | Predicate, keys: dict[str, Any]) -> Predicate:
-    def match(event: dict[str, Any]) -> bool:
-        if isinstance(what, str):
-            if event.get("event") != what:
-                return False
-        elif not what(event):
-            return False
-        return all(event.get(key) == value for key, value in keys.items())
-
-    return match
 
 
 def _describe(what: str | Predicate, keys: dict[str, Any]) -> str:
