@@ -37,27 +37,53 @@ class _PerThread:
 
 
 class _Lines:
-    """A text stream that hands each complete line to `emit`."""
+    """A text stream that hands each complete line to `emit`, in time linear in the text.
+
+    A carriage return starts the line again, as on a terminal: of a progress bar's
+    `\r`-separated updates only the last one reaches the log, not thousands. An empty
+    update does not erase (`"done\r\n"` is the line `done`).
+    """
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._emit = emit
-        self._buffer = ""
+        self._pending: list[str] = []  # the current line, in pieces: joined once it ends
+        self._restart = False  # a \r was seen: the next text replaces the line
 
     def write(self, text: str) -> int:
-        self._buffer += text
-        *lines, self._buffer = self._buffer.split("\n")
-        for line in lines:
-            if line.strip():
-                self._emit(line)
+        first, *rest = text.split("\n")
+        self._add(first)
+        for piece in rest:
+            self._end_line()
+            self._add(piece)
         return len(text)
+
+    def _add(self, piece: str) -> None:
+        first, *updates = piece.split("\r")
+        self._extend(first)
+        for update in updates:
+            self._restart = True
+            self._extend(update)
+
+    def _extend(self, text: str) -> None:
+        if not text:
+            return
+        if self._restart:
+            self._pending.clear()
+            self._restart = False
+        self._pending.append(text)
+
+    def _end_line(self) -> None:
+        line = "".join(self._pending)
+        self._pending.clear()
+        self._restart = False
+        if line.strip():
+            self._emit(line)
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
-        if self._buffer.strip():
-            self._emit(self._buffer)
-        self._buffer = ""
+        self._end_line()
 
 
 def _install() -> None:

@@ -1,13 +1,22 @@
-"""`sinagot`: the command line. Exit codes: 0 ok, 1 a step failed, 2 usage, 78 config error.
+"""`sinagot`: the command line.
 
-Exceptions become exit codes here and only here; a user's mistake prints one clear line,
-never a traceback.
+Exit codes: 0 ok; 1 a step failed, or the command could not do its work (the state store,
+a file or folder it needs, a running sinagotd that refused the request or did not answer);
+2 usage; 78 configuration error; 130 interrupted; 141 its output was closed early
+(`sinagot status | head -1`): it stops at once and quietly, with the code git and the
+shell's own tools give (128 + SIGPIPE).
+
+Exceptions become exit codes here and only here. A user's situation (a SinagotError, an
+OSError naming a path) prints one line, never a traceback; any other exception is a bug
+in sinagot and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,12 +26,13 @@ from . import scaffold
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope
 from .planner import StepPlan
-from .requests import RunRequest
+from .requests import RequestError, RunRequest, ask
 from .runner import StepResult
 from .status import StepStatus
 from .workspace import Workspace
 
-EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG, EX_INTERRUPTED, EX_PIPE = 0, 1, 2, 78, 130, 141
+ASK_TIMEOUT = 60.0  # seconds to wait for a running daemon's answer to `sinagot run`
 
 
 class UsageError(SinagotError):
@@ -33,19 +43,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.command(args)
+        code = args.command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored exception
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EX_PIPE
     except ConfigError as exc:
-        print(f"sinagot: configuration error: {exc}", file=sys.stderr)
+        _say(f"configuration error: {exc}")
         return EX_CONFIG
     except (RecordIdError, UsageError) as exc:
-        print(f"sinagot: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EX_USAGE
     except SinagotError as exc:
-        print(f"sinagot: {exc}", file=sys.stderr)
+        _say(str(exc))
+        return EX_FAILED
+    except OSError as exc:
+        _say(_os_error(exc))
         return EX_FAILED
     except KeyboardInterrupt:
-        print("sinagot: interrupted", file=sys.stderr)
-        return 130
+        _say("interrupted")
+        return EX_INTERRUPTED
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):
+        print(f"sinagot: {line}", file=sys.stderr)
+
+
+def _os_error(exc: OSError) -> str:
+    """ "<path>: <strerror>", as the shell's tools say it."""
+    what = exc.strerror or str(exc)
+    if exc.filename is None:
+        return what
+    where = os.fsdecode(exc.filename)
+    if exc.filename2 is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    return f"{where}: {what}"
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,10 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EX_USAGE
         if not args.dry_run and (holder := ws.lock.holder()) and "sinagotd" in holder:
             request = RunRequest(args.record, args.task, args.modality, args.step, args.force)
-            request.write(ws.config.state_dir)
-            print(f"{holder} is running this workspace: asked it to run the steps; "
-                  "follow with `sinagot status` or its events")  # fmt: skip
-            return EX_OK
+            return _ask_daemon(ws.config.state_dir, request, holder)
         plans = ws.plan(units, force=args.force, only=args.step, stale_only=True)
         if args.dry_run:
             for plan in plans:
@@ -142,6 +181,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         if progress:
             progress.close()
         return _summary(results, len(plans))
+
+
+def _ask_daemon(state_dir: Path, request: RunRequest, holder: str) -> int:
+    """The daemon is the only writer: ask it, and say what it answered, not what was hoped."""
+    try:
+        reply = ask(state_dir, request, timeout=ASK_TIMEOUT)
+    except RequestError as exc:
+        _say(f"{holder} holds this workspace, but {exc}")
+        return EX_FAILED
+    who = f"sinagotd pid {reply['pid']}"
+    if not reply["ok"]:
+        _say(f"{who} refused: {reply.get('error', 'no reason given')}")
+        return EX_FAILED
+    steps, units, busy = (reply.get(key, 0) for key in ("steps", "units", "busy"))
+    if steps or busy:
+        queued = f"it queued {steps} step(s) of {units} unit(s)"
+        if busy:
+            queued += f"; {busy} unit(s) already running are planned again when they end"
+        print(f"{who} is running this workspace: {queued}; "
+              "follow with `sinagot status` or its events")  # fmt: skip
+    else:
+        hint = "" if request.force else " (--force runs them again)"
+        print(f"{who} is running this workspace: nothing to queue, every step asked for "
+              f"is up to date or cannot run{hint}")  # fmt: skip
+    return EX_OK
 
 
 def _where(plan: StepPlan) -> str:

@@ -3,11 +3,27 @@
 Every mistake raises `ConfigError` naming the file and the key (and, for TOML syntax, the
 line and column). Only this module knows the shape of the TOML; the rest of sinagot reads
 the `Config` dataclass.
+
+`[run]` keys:
+
+- `mode`: `main_process` (default) or `dask`;
+- `time_limit`: seconds any step may run, workspace-wide (none by default); a number > 0 and
+  at most a week (`MAX_TIME_LIMIT`): a longer one is a slip (leave the key out for none);
+- `[run.time_limits]`: step name -> seconds, overriding `time_limit` for the steps of that
+  name (in scoped mode, in every modality that has one); a name that is no step is refused;
+- `max_attempts`: how many times a step whose worker dies or whose outputs cannot be written
+  is tried before it is ERROR (default 3); an integer from 1 to `MAX_ATTEMPTS`.
+
+Paths (`[path] dataset`, `scripts`, `[state] path`) must be non-empty and free of control
+characters (a NUL byte cannot reach the OS). `[dask]` sizes have upper bounds
+(`MAX_WORKERS`, `MAX_THREADS`, `MAX_IN_FLIGHT`): an embedded cluster of 100,000 workers is
+a slip of the keyboard, and would bring the machine down before anything could say so.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -31,12 +47,20 @@ KNOWN_TABLES = (
 #: Names a task or modality cannot take: they would hide an attribute of the model
 #: (tests/test_config.py checks this list against the real objects).
 RESERVED_NAMES = frozenset(
-    {"all", "check_id", "close", "config", "count", "dataset", "execute", "executor", "first",
-     "forget", "generation", "get", "has", "head", "id", "ids", "ingest_receipts", "iter_ids",
-     "job", "layout", "lock", "logs", "modality", "plan", "receipts", "record", "records", "run",
-     "scope", "status", "steps", "store", "task", "units", "verbose", "writing"}
+    {"all", "broken_scripts", "check_folders", "check_id", "close", "config", "count", "dataset",
+     "execute", "executor", "first", "forget", "generation", "get", "give_up", "has", "head",
+     "id", "ids", "ingest_receipts", "iter_ids", "job", "layout", "lock", "logs", "modality",
+     "plan", "receipts", "record", "records", "run", "scope", "scripts_now", "status", "steps",
+     "store", "task", "units", "verbose", "writing"}
 )  # fmt: skip
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_TIME_LIMIT = 7 * 24 * 3600.0
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 100
+MAX_WORKERS = 256
+MAX_THREADS = 256
+MAX_IN_FLIGHT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,13 @@ class Config:
     version: str | None = None
     daemon: Mapping[str, Any] = field(default_factory=dict)
     origins: Mapping[tuple[str, ...], Path] = field(default_factory=dict, repr=False)
+    time_limit: float | None = None
+    time_limits: Mapping[str, float] = field(default_factory=dict)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    def time_limit_for(self, step_name: str) -> float | None:
+        """Seconds the step of this name may run: its own limit, else the workspace's."""
+        return self.time_limits.get(step_name, self.time_limit)
 
     @property
     def root(self) -> Path:
@@ -200,9 +231,8 @@ class _Reader:
         value = self.table(*key[:-1]).get(key[-1], default)
         if value is None:
             return default
-        if isinstance(value, bool) and kind in (int, float):
-            raise self.error(key, f"expected {_kind_name(kind)}, found {_show(value)}")
-        if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise self.error(key, f"expected {_kind_name(kind)}, found {_show(value)}")
         return value
 
@@ -222,6 +252,8 @@ class _Reader:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "a number"
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a table"}  # fmt: skip
     return " or ".join(names.get(k, k.__name__) for k in kinds)
@@ -276,32 +308,26 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         ) from None
 
     r.check_keys(("path",), ("dataset", "scripts"))
-    dataset = _path(root, r.get(("path", "dataset"), str, "./dataset"))
-    scripts = _path(root, r.get(("path", "scripts"), str, "./scripts"))
-    if not scripts.is_dir():
+    dataset = _path(r, root, ("path", "dataset"), "./dataset")
+    scripts = _path(r, root, ("path", "scripts"), "./scripts")
+    try:
+        scripts_found = scripts.is_dir()
+    except OSError as exc:
+        raise r.error(("path", "scripts"), f"cannot use {scripts}: {exc.strerror}") from None
+    if not scripts_found:
         raise r.error(("path", "scripts"), f"scripts folder {scripts} does not exist")
 
-    r.check_keys(("run",), ("mode",))
+    r.check_keys(("run",), ("mode", "time_limit", "time_limits", "max_attempts"))
     run_mode = r.get(("run", "mode"), str, "main_process")
     if run_mode not in RUN_MODES:
         raise r.error(("run", "mode"), f"{run_mode!r} is not one of {', '.join(RUN_MODES)}")
+    time_limit = _seconds(r, ("run", "time_limit"))
+    max_attempts = _count(r, ("run", "max_attempts"), DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS)
 
-    r.check_keys(
-        ("dask",),
-        ("address", "n_workers", "threads_per_worker", "max_in_flight", "dashboard_address"),
-    )
-    dask = DaskSettings(
-        address=r.get(("dask", "address"), str),
-        n_workers=_positive(r, ("dask", "n_workers"), DaskSettings.n_workers),
-        threads_per_worker=_positive(
-            r, ("dask", "threads_per_worker"), DaskSettings.threads_per_worker
-        ),
-        max_in_flight=_positive(r, ("dask", "max_in_flight"), DaskSettings.max_in_flight),
-        dashboard_address=r.get(("dask", "dashboard_address"), str, DaskSettings.dashboard_address),
-    )
+    dask = _dask(r)
 
     r.check_keys(("state",), ("path",))
-    state_dir = _path(root, r.get(("state", "path"), str, str(dataset / ".sinagot")))
+    state_dir = _path(r, root, ("state", "path"), str(dataset / ".sinagot"))
     r.check_keys(("staleness",), ("content_hash", "script_changes"))
     content_hash = r.get(("staleness", "content_hash"), bool, False)
     track_scripts = r.get(("staleness", "script_changes"), bool, True)
@@ -325,19 +351,96 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         version=version,
         daemon=dict(r.table("daemon")),
         origins=dict(r.origins),
+        time_limit=time_limit,
+        time_limits=_time_limits(r, _step_names(steps, modalities)),
+        max_attempts=max_attempts,
     )
 
 
-def _path(root: Path, value: str) -> Path:
-    path = Path(value).expanduser()
+def _path(r: _Reader, root: Path, key: tuple[str, ...], default: str) -> Path:
+    """A folder setting, absolute; refused before any file-system call could choke on it."""
+    value = _text(r, key, default) or ""
+    if not value.strip():
+        raise r.error(key, "empty: give a folder, or remove the key for the default")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # '~someone' with no such user, or no home at all
+        raise r.error(key, f"cannot expand {value!r}: {exc}") from None
     return Path(os.path.normpath(path if path.is_absolute() else root / path))
 
 
-def _positive(r: _Reader, key: tuple[str, ...], default: int) -> int:
+def _text(r: _Reader, key: tuple[str, ...], default: str | None = None) -> str | None:
+    value = r.get(key, str, default)
+    if value is not None and (bad := _CONTROL.search(value)):
+        raise r.error(key, f"{value!r} holds the control character {bad.group()!r}")
+    return value
+
+
+def _dask(r: _Reader) -> DaskSettings:
+    r.check_keys(
+        ("dask",),
+        ("address", "n_workers", "threads_per_worker", "max_in_flight", "dashboard_address"),
+    )
+    return DaskSettings(
+        address=_text(r, ("dask", "address")),
+        n_workers=_count(r, ("dask", "n_workers"), DaskSettings.n_workers, MAX_WORKERS),
+        threads_per_worker=_count(
+            r, ("dask", "threads_per_worker"), DaskSettings.threads_per_worker, MAX_THREADS
+        ),
+        max_in_flight=_count(
+            r, ("dask", "max_in_flight"), DaskSettings.max_in_flight, MAX_IN_FLIGHT
+        ),
+        dashboard_address=_text(r, ("dask", "dashboard_address"), DaskSettings.dashboard_address),
+    )
+
+
+def _count(r: _Reader, key: tuple[str, ...], default: int, high: int) -> int:
     value = r.get(key, int, default)
     if value < 1:
         raise r.error(key, f"must be at least 1, found {value}")
+    if value > high:
+        raise r.error(key, f"must be at most {high}, found {value}")
     return value
+
+
+def _seconds(r: _Reader, key: tuple[str, ...]) -> float | None:
+    value = r.get(key, (int, float))
+    if value is None:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        raise r.error(key, f"expected a number of seconds above 0, found {value!r}")
+    if value > MAX_TIME_LIMIT:
+        raise r.error(key, f"must be at most {MAX_TIME_LIMIT:.0f} s (a week), found {value!r}")
+    return float(value)
+
+
+def _step_names(
+    steps: tuple[str, ...] | None, modalities: Mapping[str, ModalitySpec]
+) -> tuple[str, ...]:
+    if steps is not None:
+        return steps
+    names: dict[str, None] = {}
+    for spec in modalities.values():
+        names.update(dict.fromkeys(spec.scripts))
+        for per_task in spec.task_scripts.values():
+            names.update(dict.fromkeys(per_task))
+    return tuple(names)
+
+
+def _time_limits(r: _Reader, steps: tuple[str, ...]) -> dict[str, float]:
+    key = ("run", "time_limits")
+    table = r.get(key, dict, {})
+    limits = {}
+    for name in table:
+        if name not in steps:
+            hint = difflib.get_close_matches(name, steps, n=1)
+            more = f"did you mean {hint[0]!r}? " if hint else ""
+            raise r.error(
+                (*key, name), f"no step is named {name!r} ({more}steps: {', '.join(steps)})"
+            )
+        if (seconds := _seconds(r, (*key, name))) is not None:
+            limits[name] = seconds
+    return limits
 
 
 def _layout(

@@ -1,11 +1,32 @@
 """Which units exist and which steps each runs: the validated config and script patterns.
 
 `Scope` is a value (task, modality); `Layout` answers "which names narrow this scope" and
-"which steps does this unit have". Nothing here touches the dataset.
+"which steps does this unit have". Nothing here reads or writes the data; the one file
+written is a cache of the scripts' patterns in the state folder (below).
+
+A step script with a syntax error does not stop a workspace from loading: one broken step
+must not keep `sinagot status` or the daemon from the others. Its `StepSpec.broken` says
+why, in one line, and its patterns are recovered in two ways, in this order:
+
+1. from the source as it is now: the lines the parser rejects are blanked until the rest
+   parses, and PATH_IN and PATH_OUT are taken if they are literals of the `Script` class
+   that no blanked line touches. The file itself is the user's latest word, so this comes
+   first (the patterns may have been edited together with the slip);
+2. from the last good read: `<state_dir>/patterns.json`, which the workspace's writer (the
+   daemon, a `sinagot run`) rewrites when it changed, so that a script whose class line
+   itself is broken, or whose patterns are computed, is still known. Readers (`status`,
+   `--dry-run`) never write it.
+
+When neither knows the patterns, the load is refused, naming the file and the line.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import json
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -66,6 +87,12 @@ class Patterns:
     def patterns(self) -> tuple[PathPattern, ...]:
         return tuple(p for _, p in self.items)
 
+    def to_json(self) -> list[str] | dict[str, list[str]]:
+        """The value `parse` takes back, as JSON can hold it."""
+        if self.single:
+            return list(self.items[0][1].parts)
+        return {label: list(pattern.parts) for label, pattern in self.items}
+
     def relative(self, record_id: str, task: str | None) -> tuple[str, ...]:
         if self.single:
             return (self.items[0][1].relative(record_id, task),)
@@ -87,11 +114,15 @@ class StepSpec:
     script: Path
     inputs: Patterns
     outputs: Patterns
+    broken: str | None = None  # one line: why its script cannot run ('x.py, line 3: ...')
 
     @property
     def script_key(self) -> str:
         """The script's path as a string: the key of its code hash."""
         return str(self.script)
+
+
+PATTERNS_FILE = "patterns.json"
 
 
 class Layout:
@@ -111,15 +142,21 @@ class Layout:
                     self._units[(task, mod)] = tuple(self._spec(mod, n) for n in names)
         for (task, _), steps in self._units.items():
             self._check_unit(task, steps)
+        self._check_collisions()
 
     def _spec(self, modality: str | None, name: str) -> StepSpec:
         if (modality, name) not in self._specs:
             folder = self.config.scripts if modality is None else self.config.scripts / modality
             path = folder / f"{name}.py"
-            try:
-                raw_in, raw_out = read_patterns(path)
-            except ScriptError as exc:
-                raise ConfigError(str(exc)) from None
+            raw, broken = _script_patterns(path)
+            if raw is None:
+                raw = self._remembered.get(str(path))
+            if raw is None:
+                raise ConfigError(
+                    f"{broken} (its PATH_IN and PATH_OUT are known neither from the rest of "
+                    "the file nor from an earlier load)"
+                )
+            raw_in, raw_out = raw
             try:
                 inputs = Patterns.parse(raw_in)
             except ValueError as exc:
@@ -130,10 +167,49 @@ class Layout:
                 raise ConfigError(f"{path}: PATH_OUT: {exc}") from None
             for label, pattern in outputs.items:
                 if "id" not in pattern.fields:
-                    where = f"PATH_OUT[{label!r}]" if label else "PATH_OUT"
-                    raise ConfigError(f"{path}: {where} {pattern} must hold {{id}}")
-            self._specs[(modality, name)] = StepSpec(name, modality, path, inputs, outputs)
+                    raise ConfigError(
+                        f"{path}: {_where('PATH_OUT', label)} {pattern} must hold {{id}}"
+                    )
+            spec = StepSpec(name, modality, path, inputs, outputs, broken)
+            self._specs[(modality, name)] = spec
         return self._specs[(modality, name)]
+
+    @cached_property
+    def _remembered(self) -> dict[str, tuple[object, object]]:
+        """Script path -> (PATH_IN, PATH_OUT) of the last good read; only valid entries."""
+        try:
+            entries = json.loads((self.config.state_dir / PATTERNS_FILE).read_bytes())["scripts"]
+            items = list(entries.items())
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}
+        found = {}
+        for script, entry in items:
+            try:
+                raw = entry["PATH_IN"], entry["PATH_OUT"]
+                for value in raw:
+                    Patterns.parse(value)
+            except (ValueError, TypeError, KeyError):
+                continue
+            found[script] = raw
+        return found
+
+    def remember_patterns(self) -> None:
+        """Keep every step's patterns in `<state_dir>/patterns.json`, so that a later load
+        knows them while a script does not parse. Does nothing without a state folder; a
+        cache that cannot be written only makes that recovery less able."""
+        folder = self.config.state_dir
+        if not folder.is_dir():
+            return
+        scripts = {
+            str(spec.script): {"PATH_IN": spec.inputs.to_json(), "PATH_OUT": spec.outputs.to_json()}
+            for spec in self._specs.values()
+        }
+        text = json.dumps({"scripts": scripts}, indent=1, sort_keys=True) + "\n"
+        target = folder / PATTERNS_FILE
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if target.read_text(encoding="utf-8") == text:
+                return
+        _write_atomically(target, text)
 
     def _check_unit(self, task: str | None, steps: tuple[StepSpec, ...]) -> None:
         for step in steps:
@@ -147,6 +223,43 @@ class Layout:
                 f"{steps[0].script}: PATH_IN of a unit's first step must hold {{id}}, "
                 "so that records can be found"
             )
+        self._check_flow(task, steps)
+
+    def _check_flow(self, task: str | None, steps: tuple[StepSpec, ...]) -> None:
+        """Refuse a step that writes its own input (it would rerun forever), an input of an
+        earlier step of its unit (a loop), or the recording (the first step's input)."""
+        reads = [_concrete(step.inputs, "PATH_IN", task) for step in steps]
+        for i, step in enumerate(steps):
+            for path, (where, pattern) in _concrete(step.outputs, "PATH_OUT", task).items():
+                if path in reads[i]:
+                    own = reads[i][path][0]
+                    raise ConfigError(
+                        f"{step.script}: {where} {pattern} is also its {own} ({path}): "
+                        "the step would rerun forever on its own output"
+                    )
+                for j in range(i):
+                    if path in reads[j]:
+                        declared, read_as = f"{where} {pattern}", reads[j][path][0]
+                        raise ConfigError(_loop(step, declared, path, steps[j], read_as, j == 0))
+
+    def _check_collisions(self) -> None:
+        """Refuse two steps (of one unit or of two) that write the same file for a record.
+
+        Templates are compared as text with the unit's task filled in. What this cannot
+        see: two different templates that some record IDs make equal (`{id}-pre.csv` for
+        the ID `R-1` and `{id}.csv` for `R-1-pre`; `a{id}` and `{id}a`), and two names that
+        one file on disk answers to (a case-insensitive file system, a symlinked folder).
+        """
+        writers: dict[str, Writer] = {}
+        for key, steps in self._units.items():
+            for step in steps:
+                for where, pattern in _labelled(step.outputs, "PATH_OUT"):
+                    path = _concrete_one(pattern, key[0])
+                    if path in writers:
+                        raise ConfigError(
+                            _collision(writers[path], (key, step, where, pattern), path)
+                        )
+                    writers[path] = (key, step, where, pattern)
 
     # -- scopes -------------------------------------------------------------------------
 
@@ -269,3 +382,178 @@ class Layout:
             if (m := matcher.match(relative)) is not None:
                 units[Unit(m.record_id, task, mod)] = None
         return list(units)
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+Writer = tuple[tuple[str | None, str | None], StepSpec, str, PathPattern]
+
+
+def _where(attribute: str, label: str) -> str:
+    return f"{attribute}[{label!r}]" if label else attribute
+
+
+def _labelled(patterns: Patterns, attribute: str) -> list[tuple[str, PathPattern]]:
+    return [(_where(attribute, label), pattern) for label, pattern in patterns.items]
+
+
+def _concrete_one(pattern: PathPattern, task: str | None) -> str:
+    return pattern.template if task is None else pattern.template.replace("{task}", task)
+
+
+def _concrete(
+    patterns: Patterns, attribute: str, task: str | None
+) -> dict[str, tuple[str, PathPattern]]:
+    """Concrete template ('EEG/RS/{id}.csv') -> (where it is declared, its pattern)."""
+    return {
+        _concrete_one(pattern, task): (where, pattern)
+        for where, pattern in _labelled(patterns, attribute)
+    }
+
+
+def _step_label(key: tuple[str | None, str | None], step: StepSpec) -> str:
+    if key == (None, None):
+        return step.name
+    return f"{step.name} (task {key[0]}, modality {key[1]})"
+
+
+def _loop(
+    step: StepSpec, declared: str, path: str, earlier: StepSpec, read_as: str, first: bool
+) -> str:
+    if first:
+        return (
+            f"{step.script}: {declared} would overwrite the recording: {path} is "
+            f"{read_as} of {earlier.name}, the unit's first step"
+        )
+    return (
+        f"{step.script}: {declared} writes {path}, {read_as} of the earlier step "
+        f"{earlier.name} ({earlier.script}): the unit would loop"
+    )
+
+
+def _collision(first: Writer, second: Writer, path: str) -> str:
+    (key_a, a, where_a, pattern_a), (key_b, b, where_b, pattern_b) = first, second
+    steps = f"steps {_step_label(key_a, a)} and {_step_label(key_b, b)}"
+    if key_a == key_b and a is b:
+        return (
+            f"{a.script}: {where_a} and {where_b} of step {_step_label(key_a, a)} both write {path}"
+        )
+    if a.script == b.script and where_a == where_b:
+        hint = "; put {task} in it, so that each task writes its own" if key_a[0] else ""
+        return f"{a.script}: {where_a} {pattern_a}: {steps} both write {path} for each record{hint}"
+    return (
+        f"{steps} both write {path} for each record: {a.script} ({where_a} {pattern_a}) and "
+        f"{b.script} ({where_b} {pattern_b}); one would overwrite the other's result"
+    )
+
+
+# -- broken scripts -------------------------------------------------------------------------
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Write through a hidden temporary name, so that a reader never sees half a file; the
+    temporary file is made with the process's umask, as any other file of the state folder."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def _script_patterns(path: Path) -> tuple[tuple[object, object] | None, str | None]:
+    """((PATH_IN, PATH_OUT) or None if the source cannot tell, why the script is broken or
+    None); ConfigError for a script that is missing, or that parses but is wrong."""
+    try:
+        return read_patterns(path), None
+    except ScriptError as exc:
+        error = str(exc)
+    except ValueError as exc:  # what the parser of some Python versions raises on a NUL byte
+        error = f"{path}: {exc}"
+    try:
+        source = path.read_bytes()
+    except OSError:
+        raise ConfigError(error) from None
+    broken = _syntax_error(path, source)
+    if broken is None:  # it parses: a mistake in the script itself, not a slip of the editor
+        raise ConfigError(error)
+    return _recover_patterns(source), broken
+
+
+def _syntax_error(path: Path, source: bytes) -> str | None:
+    """One line naming the file and the line where the source stops parsing; None if it
+    parses."""
+    try:
+        ast.parse(source, str(path))
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        message = (getattr(exc, "msg", None) or str(exc) or "invalid").splitlines()[0]
+        if b"\0" in source:
+            line, message = source[: source.index(b"\0")].count(b"\n") + 1, "a NUL byte"
+        where = f"{path}, line {line}" if line else str(path)
+        return f"{where}: syntax error: {message}"
+    return None
+
+
+def _recover_patterns(source: bytes) -> tuple[object, object] | None:
+    """PATH_IN and PATH_OUT of a script that does not parse, when its class body states
+    them as literals on lines the parser accepts; None otherwise."""
+    lines = source.decode("utf-8-sig", errors="replace").splitlines(keepends=True)
+    blanked = {n for n, line in enumerate(lines, 1) if "\0" in line}
+    for n in blanked:
+        lines[n - 1] = "\n"
+    for _ in range(100):  # each round blanks at least one line; a cap, not a loop forever
+        try:
+            tree = ast.parse("".join(lines))
+        except SyntaxError as exc:
+            first = exc.lineno or 0
+            if not 1 <= first <= len(lines) or first in blanked:
+                return None
+            last = _block_end(lines, first) if exc.msg == "unexpected indent" else first
+            for n in range(first, last + 1):
+                lines[n - 1] = "\n"
+                blanked.add(n)
+            continue
+        return _literal_patterns(tree, blanked)
+    return None
+
+
+def _block_end(lines: list[str], first: int) -> int:
+    """The last line of the indented block that starts at line `first` (1-based)."""
+    depth = len(lines[first - 1]) - len(lines[first - 1].lstrip())
+    last = first
+    for n in range(first + 1, len(lines) + 1):
+        text = lines[n - 1]
+        if text.strip() and len(text) - len(text.lstrip()) < depth:
+            break
+        last = n
+    return last
+
+
+def _literal_patterns(tree: ast.Module, blanked: set[int]) -> tuple[object, object] | None:
+    found: dict[str, object] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name == "Script"):
+            continue
+        for stmt in node.body:
+            if not isinstance(stmt, ast.Assign | ast.AnnAssign) or stmt.value is None:
+                continue
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            names = {t.id for t in targets if isinstance(t, ast.Name)} & {"PATH_IN", "PATH_OUT"}
+            span = range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
+            if not names or any(n in blanked for n in span):
+                continue
+            try:
+                value = ast.literal_eval(stmt.value)
+            except ValueError:
+                continue
+            found.update(dict.fromkeys(names, value))
+    if "PATH_IN" in found and "PATH_OUT" in found:
+        return found["PATH_IN"], found["PATH_OUT"]
+    return None

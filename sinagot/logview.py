@@ -1,4 +1,9 @@
-"""`sinagot logs`: the per-record logs, readable, and followed like `tail -f`."""
+"""`sinagot logs`: the per-record logs, readable, and followed like `tail -f`.
+
+A log folder or file that cannot be read raises the OSError naming it (the CLI prints that
+one line): silence would read as "no logs". Reading never creates anything in the dataset:
+a folder made by a reader would carry the reader's owner and umask, not the service's.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 import queue
 import sys
+import time
 from pathlib import Path
 
 from .recordlog import LOG_FOLDER
@@ -34,10 +40,16 @@ def _print_lines(data: str, step: str | None) -> None:
 
 
 def _files(dataset: Path, record: str | None) -> list[Path]:
+    """The log files to read: none before any step has logged; OSError if the log folder
+    is not a folder or cannot be listed."""
     folder = dataset / LOG_FOLDER
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
     if record is not None:
         return [folder / f"{record}.log"]
-    return sorted(folder.glob("*.log"))
+    return sorted(folder / name for name in names if name.endswith(".log"))
 
 
 def show(dataset: Path, record: str | None, step: str | None) -> None:
@@ -55,8 +67,13 @@ def follow(dataset: Path, record: str | None, step: str | None) -> None:
     from watchdog.observers import Observer
 
     folder = dataset / LOG_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    offsets = {str(p): p.stat().st_size for p in _files(dataset, None) if p.exists()}
+    waited = _wait_for_folder(folder)
+    offsets = {}
+    for path in [] if waited else _files(dataset, None):  # made since: all of them is new
+        try:
+            offsets[str(path)] = path.stat().st_size
+        except FileNotFoundError:
+            continue
     changed: queue.Queue[str] = queue.Queue()
 
     class Handler(FileSystemEventHandler):
@@ -91,3 +108,15 @@ def follow(dataset: Path, record: str | None, step: str | None) -> None:
     finally:
         observer.stop()
         observer.join()
+
+
+def _wait_for_folder(folder: Path) -> bool:
+    """Wait until the first step run has made the log folder; whether that took waiting."""
+    waited = False
+    while True:
+        try:
+            os.listdir(folder)
+            return waited
+        except FileNotFoundError:
+            waited = True
+            time.sleep(1.0)

@@ -14,6 +14,9 @@ all decide through it. The rules, in order (DESIGN.md §6):
 6. an earlier step of the unit will rewrite one of its inputs.
 
 A step whose last run failed stays failed (ERROR) until its inputs or its script change.
+A step whose input or output exists but cannot be read (a link loop, a FIFO, no permission)
+is ERROR too, saying which path and why, and does not run; nor does a step whose script
+cannot be loaded (`PlanContext.broken`), nor a later step of its unit waiting on it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .fingerprints import DirectoryListing, Fingerprint, Lookup, encode_fingerprints
+from .fingerprints import (
+    DirectoryListing,
+    Fingerprint,
+    Lookup,
+    PathUnreadable,
+    encode_fingerprints,
+)
 from .layout import StepSpec, Unit
 from .patterns import PathPattern
 from .state import RunRecord, run_key
@@ -36,11 +45,12 @@ from .status import StepStatus
 class PlanContext:
     """What planning reads: the world as it is, and as the state store remembers it."""
 
-    lookup: Lookup  # dataset-relative path -> fingerprint, or None when missing
+    lookup: Lookup  # relative path -> fingerprint; None: missing; raises PathUnreadable
     runs: Mapping[str, RunRecord]  # by state.run_key
     code_hashes: Mapping[str, str] | None = None  # script path -> hash; None: not tracked
     hasher: Callable[[str], str] | None = None  # content hash of a relative path, if asked
     live_writer: bool = False  # another live process is running the submitted steps
+    broken: Mapping[str, str] | None = None  # script_key -> one line: why it cannot be loaded
     force: bool = False
     only: str | None = None  # run just this step
 
@@ -63,21 +73,43 @@ def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[S
     plans: list[StepPlan] = []
     will_write: dict[str, str] = {}  # output path -> earlier step that will (re)write it
     made_in_unit: dict[str, str] = {}  # output path -> earlier step that makes it
+    held: dict[str, str] = {}  # output path -> earlier step that would write it but waits
     runs, only = ctx.runs, ctx.only
     for index, step in enumerate(steps):
         ins = step.inputs.relative(unit.record_id, unit.task)
         outs = step.outputs.relative(unit.record_id, unit.task)
         last = runs.get(run_key(unit, step.name))
-        status, reasons = _status(step, ins, outs, last, ctx, will_write, made_in_unit)
+        try:
+            status, reasons = _status(step, ins, outs, last, ctx, will_write, made_in_unit)
+        except PathUnreadable as exc:
+            which = "output" if exc.path in outs else "input"
+            status, reasons = StepStatus.ERROR, [f"{which} {exc.path} cannot be read: {exc.error}"]
         run = (
             status in (StepStatus.DATA_READY, StepStatus.STALE)
             or (status is StepStatus.INIT and any(rel in will_write for rel in ins))
         ) and (only is None or only == step.name)
         if run:
             will_write.update(dict.fromkeys(outs, step.name))
+            if (ctx.broken or held) and (wait := _waits(step, ins, ctx.broken, held)):
+                run, reasons = False, [wait, *reasons]
+                held.update(dict.fromkeys(outs, step.name))
         made_in_unit.update(dict.fromkeys(outs, step.name))
         plans.append(StepPlan(unit, step, index, status, tuple(reasons), run, ins, outs))
     return plans
+
+
+def _waits(
+    step: StepSpec, ins: Sequence[str], broken: Mapping[str, str] | None, held: Mapping[str, str]
+) -> str | None:
+    """Why a step that is due must wait: its script cannot be loaded, or an earlier step of
+    its unit that would rewrite one of its inputs waits for that."""
+    error = broken.get(step.script_key) if broken else None
+    if error is not None:
+        return f"script {_script_name(step)} cannot be loaded ({error}); waits until it is fixed"
+    for rel in ins:
+        if rel in held:
+            return f"waits for step {held[rel]}, which cannot run yet and would rewrite {rel}"
+    return None
 
 
 class SettledCheck:
@@ -87,8 +119,8 @@ class SettledCheck:
     Each step's paths are compiled once per (task, modality) into folders and the text
     around `{id}`: a unit then costs one `stat` per input, one set lookup per output (the
     output folders are listed once, names only) and one string comparison per step. It errs
-    only towards False (folders as inputs, unusual patterns); `plan_unit` then decides,
-    with reasons.
+    only towards False (an input that is not a regular file, unusual patterns); `plan_unit`
+    then decides, with reasons.
     """
 
     def __init__(
@@ -125,7 +157,7 @@ class SettledCheck:
                         st = os.stat(path)
                     except OSError:
                         return False
-                    if stat.S_ISDIR(st.st_mode):  # a folder: the slow path fingerprints it
+                    if not stat.S_ISREG(st.st_mode):  # a folder, or odd: the slow path decides
                         return False
                     line = seen[path] = (
                         f"{folder}{pre}{record_id}{post}\t{st.st_size}\t{st.st_mtime_ns}"
@@ -199,11 +231,11 @@ def _status(
     will_write: Mapping[str, str],
     made_in_unit: Mapping[str, str],
 ) -> tuple[StepStatus, list[str]]:
-    lookup = ctx.lookup
-    in_fps = [lookup(rel) for rel in ins]
     if last is not None and last.submitted is not None and ctx.live_writer:
         since = time.strftime("%H:%M:%S", time.localtime(last.submitted))
         return StepStatus.PROCESSING, [f"in flight since {since}"]
+    lookup = ctx.lookup
+    in_fps = [lookup(rel) for rel in ins]
     missing = [rel for rel, fp in zip(ins, in_fps, strict=True) if fp is None]
     if unmade := [rel for rel in missing if rel not in will_write and rel not in made_in_unit]:
         return StepStatus.DATA_NOT_AVAILABLE, [f"input {rel} is missing" for rel in unmade]
@@ -289,7 +321,11 @@ def _changes(
             if before is None:
                 reasons.append(f"input {rel} was not read by the last run")
             elif fp != before:
-                if rel in hashes and ctx.hasher is not None and ctx.hasher(rel) == hashes[rel]:
+                if (
+                    rel in hashes
+                    and ctx.hasher is not None
+                    and _hash(ctx.hasher, rel) == hashes[rel]
+                ):
                     continue  # touched, same content
                 reasons.append(f"input {rel} changed since last run ({_describe(before, fp)})")
     if ctx.code_hashes is not None and last.code_hash is not None:
@@ -297,6 +333,13 @@ def _changes(
         if current is not None and current != last.code_hash:
             reasons.append(f"script {_script_name(step)} changed since last run")
     return reasons
+
+
+def _hash(hasher: Callable[[str], str], relative: str) -> str:
+    try:
+        return hasher(relative)
+    except PathUnreadable as exc:  # the hasher names the path as it likes: name it here
+        raise PathUnreadable(relative, exc.error) from None
 
 
 def _script_name(step: StepSpec) -> str:

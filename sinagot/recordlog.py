@@ -2,13 +2,19 @@
 
 Each line is one small `O_APPEND` write, so workers on several machines can log to the same
 record at once without interleaving lines.
+
+A dataset may hold symlinks (a shared folder, a hostile one): the log is never written through
+one that leads out of the dataset. `inside_dataset` and `open_regular` are the checks, shared
+with the runner for receipts and outputs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import SinagotError
 from .status import StepStatus
 
 LOG_FOLDER = "LOG"
@@ -28,6 +35,71 @@ COLUMNS = (
 
 def log_path(dataset: Path | str, record_id: str) -> Path:
     return Path(dataset) / LOG_FOLDER / f"{record_id}.log"
+
+
+class PathRefused(SinagotError):
+    """A path sinagot would write is a link out of the dataset, or not a plain file: the
+    message is one line naming it."""
+
+
+class WriteError(SinagotError):
+    """A path sinagot would write cannot be (permissions, a full disk): one line naming it."""
+
+
+def inside_dataset(dataset: str, folder: str, what: str) -> None:
+    """Refuse a folder whose real path (links resolved, as a write would follow them) is not
+    inside the dataset's real path. The folder need not exist yet: what does is resolved.
+
+    A worker asks this for every step: below the dataset, a folder reached through real
+    folders only is inside it, which one `lstat` per level tells; a link (or a '..') on the
+    way is resolved in full."""
+    if folder == dataset or _through_folders(dataset, folder):
+        return
+    root = os.path.realpath(dataset)
+    real = os.path.realpath(folder)
+    if os.path.commonpath((root, real)) == root:
+        return
+    named = os.path.abspath(dataset)
+    if os.path.commonpath((named, os.path.abspath(folder))) != named:
+        raise PathRefused(f"{what} {folder} is outside the dataset")
+    raise PathRefused(f"{what} {folder} is a link out of the dataset (to {real})")
+
+
+def _through_folders(dataset: str, folder: str) -> bool:
+    """Whether `folder` is named below `dataset` and no level between is a link (a level
+    not there yet will be made a real folder)."""
+    prefix = dataset.rstrip(os.sep) + os.sep
+    if not folder.startswith(prefix):
+        return False
+    parts = folder[len(prefix) :].split(os.sep)
+    if ".." in parts:
+        return False
+    path = prefix
+    for part in parts:
+        path = os.path.join(path, part)
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return False
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+    return True
+
+
+def open_regular(path: str, flags: int, what: str, mode: int = 0o644) -> int:
+    """`os.open` that never follows a symlink and never blocks on a FIFO: a link, a FIFO, a
+    device or a folder at `path` is refused rather than written through."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathRefused(f"{what} {path} is a symlink: refused") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise PathRefused(f"{what} {path} is not a regular file: refused") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PathRefused(f"{what} {path} is not a regular file: refused")
+    return fd
 
 
 @dataclass(eq=False)
@@ -70,13 +142,19 @@ class RecordLog:
                 os.close(fd)
 
     def _open(self) -> int:
+        """The log's descriptor; PathRefused (a link out of the dataset) or WriteError."""
         folder = os.path.join(self.dataset, LOG_FOLDER)  # what `log_path` says, without pathlib
+        inside_dataset(self.dataset, folder, "LOG folder")
         path = os.path.join(folder, f"{self.record_id}.log")
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         try:
-            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                return open_regular(path, flags, "log file")
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                return open_regular(path, flags, "log file")
+        except OSError as exc:
+            raise WriteError(f"cannot write log file {path}: {exc.strerror or exc}") from None
 
     def write(self, status: StepStatus, message: str) -> None:
         now = datetime.now().astimezone()

@@ -167,3 +167,16 @@ def read_patterns(path: Path) -> tuple[object, object]:
     except Exception as exc:  # the user's module raised while importing
         raise ScriptError(f"{path}: importing the script raised {exc!r}") from None
     return cls.PATH_IN, cls.PATH_OUT
+
+
+def check_script(path: Path) -> tuple[str | None, str | None]:
+    """(code hash, None) for a script that compiles; (hash or None, one line saying why)
+    otherwise. Compiling is cached by the script's bytes, so asking often costs a read."""
+    try:
+        source = _read(path)
+    except ScriptError as exc:
+        return None, str(exc)
+    try:
+        return _compile(path, source)[1], None
+    except ScriptError as exc:
+        return code_hash(source), str(exc)

@@ -6,19 +6,26 @@ after its outputs are in place, so a run killed in between is seen as incomplete
 
 Only the process holding the workspace's writer lock writes (the daemon, or a `run`);
 any number of readers (`sinagot status`) may read at the same time.
+
+No sqlite3 error leaves this module: each becomes a `StateError` naming the file and the
+likely fix (disk full, read-only, locked, damaged), and a failed write is rolled back, so
+the store is usable again once the cause is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import functools
 import json
 import os
 import sqlite3
+import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 from .errors import SinagotError
 from .fingerprints import Fingerprint, decode_fingerprints
@@ -32,6 +39,8 @@ DB_NAME = "state.db"
 LOCK_NAME = "writer.lock"
 RECEIPTS = "receipts"
 SEP = "\x1f"
+BUSY_TIMEOUT = 30  # seconds a write waits for another connection's lock before failing
+LOCK_PATIENCE = 1.0  # seconds `WriterLock.acquire` retries: a reader's probe is brief
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,6 +66,91 @@ CREATE INDEX IF NOT EXISTS runs_record ON runs (record_id);
 
 class StateError(SinagotError):
     """The state store cannot be used: newer schema, locked by another writer, unreadable."""
+
+
+#: What a sqlite3 error most likely means, and what to do, by its primary result code.
+_ADVICE = {
+    "SQLITE_FULL": "the disk is full: free space on its file system, then try again",
+    "SQLITE_READONLY": "it is read-only: make the file and its folder writable for this user, "
+    "or point [state] path elsewhere",
+    "SQLITE_CANTOPEN": "it cannot be opened: check that it and its folder are readable and "
+    "writable for this user",
+    "SQLITE_PERM": "access denied: make the file and its folder writable for this user",
+    "SQLITE_BUSY": "another program kept it locked for more than {timeout:g} s (a sqlite3 "
+    "shell, a backup?): let it finish, then try again",
+    "SQLITE_LOCKED": "another connection holds it locked: try again",
+    "SQLITE_CORRUPT": "the file is damaged: move state.db and its -wal and -shm files aside; "
+    "sinagot starts a new store",
+    "SQLITE_NOTADB": "this is not a sinagot state store: move it aside, or point [state] path "
+    "elsewhere",
+    "SQLITE_IOERR": "the disk or file system failed to read or write it; keep the state "
+    "store on local disk ([state] path)",
+}
+
+
+def explain(path: Path, exc: sqlite3.Error, timeout: float = BUSY_TIMEOUT) -> str:
+    """One line for a user: the file, what SQLite said, and the likely fix."""
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    primary = "_".join(code.split("_")[:2])
+    text = str(exc)
+    advice = _ADVICE.get(primary)
+    if advice is None and "disk is full" in text:
+        advice = _ADVICE["SQLITE_FULL"]
+    if advice is None:
+        return f"{path}: {text}"
+    return f"{path}: state store error ({text}); {advice.format(timeout=timeout)}"
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _guarded(
+    method: Callable[Concatenate[StateStore, _P], _T],
+) -> Callable[Concatenate[StateStore, _P], _T]:
+    """A StateStore method that raises StateError, never sqlite3.Error, and leaves the store
+    ready to be used again (reopened at the next call) once the cause is gone."""
+
+    @functools.wraps(method)
+    def wrapper(store: StateStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(store, *args, **kwargs)
+        except sqlite3.Error as exc:
+            store.close()  # SQLite may keep a failed connection in an error state: start afresh
+            raise StateError(explain(store.path, exc, store.busy_timeout)) from exc
+
+    return wrapper
+
+
+def make_folder(folder: Path) -> None:
+    """Create the state folder; StateError naming it if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it exists and is not a folder" if isinstance(exc, FileExistsError) else None
+        raise StateError(
+            f"{folder}: cannot create the state folder ({why or exc.strerror}); make its "
+            "parent writable for this user, or point [state] path elsewhere"
+        ) from exc
+
+
+def _check_file(path: Path) -> bool:
+    """Whether the file exists; StateError if it is a symlink or not a regular file, so that
+    SQLite never writes through a link to somewhere outside the state folder."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise StateError(f"{path}: cannot reach the state store: {exc.strerror}") from exc
+    if stat.S_ISLNK(mode):
+        raise StateError(
+            f"{path}: is a symbolic link; the state store must be a real file (remove the "
+            "link, or point [state] path at the folder it leads to)"
+        )
+    if not stat.S_ISREG(mode):
+        raise StateError(f"{path}: is not a regular file; move it aside")
+    return True
 
 
 class RunRecord(NamedTuple):
@@ -88,28 +182,40 @@ def run_key(unit: Unit, step: str) -> str:
 class StateStore:
     """The SQLite file under the state folder; opened lazily, closed by `close()`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.folder = Path(folder)
+        self.busy_timeout = busy_timeout
         self.path = self.folder / DB_NAME
         self._db: sqlite3.Connection | None = None
         self._writer = False
 
     # -- opening -----------------------------------------------------------------------------
 
+    @_guarded
     def _connect(self, write: bool) -> sqlite3.Connection | None:
         if self._db is not None and (self._writer or not write):
             return self._db
-        if not write and not self.path.exists():
+        exists = _check_file(self.path)
+        for end in ("-wal", "-shm"):
+            _check_file(self.path.with_name(DB_NAME + end))
+        if not write and not exists:
             return None
         if write:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(self.folder)
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{self.path}: cannot open the state store: {exc}") from None
-        if version > SCHEMA_VERSION:
+            self._open(db, write)
+        except BaseException:
             db.close()
+            raise
+        if self._db is not None:
+            self._db.close()
+        self._db, self._writer = db, write
+        return db
+
+    def _open(self, db: sqlite3.Connection, write: bool) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
             raise StateError(
                 f"{self.path}: written by a newer sinagot (schema {version}, this one knows "
                 f"{SCHEMA_VERSION}); upgrade sinagot, or point [state] path elsewhere"
@@ -118,16 +224,9 @@ class StateStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             if version == 1:  # upgrade in place: schema 2 names each submitted run
-                db.executescript(
-                    f"ALTER TABLE runs ADD COLUMN generation TEXT;"
-                    f"PRAGMA user_version={SCHEMA_VERSION};"
-                )
+                _script(db, "ALTER TABLE runs ADD COLUMN generation TEXT;")
             elif version < SCHEMA_VERSION:
-                db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
-        if self._db is not None:
-            self._db.close()
-        self._db, self._writer = db, write
-        return db
+                _script(db, _SCHEMA)
 
     def prepare(self) -> None:
         """Open for writing now: create the store, or upgrade an older schema in place."""
@@ -140,6 +239,7 @@ class StateStore:
 
     # -- reading -----------------------------------------------------------------------------
 
+    @_guarded
     def read_all(self) -> dict[str, RunRecord]:
         """Every row, keyed by `run_key`: one query, for planning a whole workspace."""
         db = self._connect(write=False)
@@ -149,6 +249,7 @@ class StateStore:
         make = RunRecord._make
         return {row[0]: make(row[1:]) for row in rows}
 
+    @_guarded
     def read_settled(self, with_code: bool) -> dict[str, str]:
         """A signature per step whose last run finished well and is not queued: its encoded
         inputs, then '\\x1e' and its code hash when `with_code`.
@@ -163,6 +264,7 @@ class StateStore:
         query = f"SELECT key, inputs {code} FROM runs WHERE state = 'done' AND submitted IS NULL"
         return dict(db.execute(query))
 
+    @_guarded
     def read_record(self, record_ids: Iterable[str]) -> dict[str, RunRecord]:
         """The rows of a few records, by index: planning one unit touches nothing else."""
         db = self._connect(write=False)
@@ -177,6 +279,7 @@ class StateStore:
 
     # -- writing (the writer lock's holder only) ----------------------------------------------
 
+    @_guarded
     def mark_submitted(self, items: Iterable[tuple[Unit, str, str]]) -> None:
         """(unit, step, generation) before the steps may begin: so that a kill from here on
         is seen as incomplete, and the next submitter can name a resubmission as this run
@@ -195,6 +298,7 @@ class StateStore:
                 rows,
             )
 
+    @_guarded
     def pending_generation(self, unit: Unit, steps: Iterable[str]) -> str | None:
         """The generation of a run of these steps submitted but never finished (its
         submitter died): submitting it again under the same name lets a copy still running
@@ -214,6 +318,7 @@ class StateStore:
             return None
         return row[0] if row else None
 
+    @_guarded
     def record(self, results: Iterable[StepResult]) -> None:
         """Finished runs (done or failed); a step that could not run just leaves the queue."""
         db = self._connect(write=True)
@@ -236,22 +341,39 @@ class StateStore:
             db.executemany("UPDATE runs SET submitted=NULL WHERE key=?", unqueued)
 
 
+def _script(db: sqlite3.Connection, script: str) -> None:
+    """Run a schema script and set the schema version, all or nothing."""
+    try:
+        db.executescript(f"BEGIN IMMEDIATE;{script}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """All or nothing, and the connection fit for the next one either way: a failed COMMIT
+    (disk full) is rolled back too, and so is nothing when SQLite already did."""
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 class WriterLock:
     """An exclusive, non-blocking lock on the state folder: one writer per workspace.
 
-    The holder's pid is written in the file, so that a second writer can say who holds it.
-    The kernel drops the lock when the holder dies, however it dies.
+    The kernel's lock is the truth: it drops the lock when the holder dies, however it dies.
+    The holder also writes who it is in the file ("sinagotd pid 12"), but that text is only
+    believed while the lock is held: a file left by a dead process says nothing, whatever
+    pid it names (pids are reused).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -259,46 +381,89 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self, what: str = "sinagot") -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock, retrying for `LOCK_PATIENCE` (a reader's probe holds it briefly);
+        StateError naming the holder if another writer has it."""
+        make_folder(self.path.parent)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            fd = self._open(os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise self._error("cannot open", exc) from exc
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                holder = _holder_text(fd)
+                os.close(fd)
+                raise StateError(
+                    f"{self.path.parent}: already in use by another writer ({holder}); "
+                    "stop it first, or read with `sinagot status`"
+                ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
+        except OSError as exc:
             os.close(fd)
-            raise StateError(
-                f"{self.path.parent}: already in use by another writer ({holder}); "
-                "stop it first, or read with `sinagot status`"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
+            raise self._error("cannot write", exc) from exc
+        with contextlib.suppress(OSError):  # readable to the group, who probe it
+            os.fchmod(fd, 0o644)
         self._fd = fd
+
+    def _open(self, flags: int) -> int:
+        """Never through a symlink: acquiring truncates the file, wherever a link leads."""
+        return os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    def _error(self, doing: str, exc: OSError) -> StateError:
+        why = "it is a symbolic link; remove it" if exc.errno == errno.ELOOP else _advice(exc)
+        return StateError(f"{self.path}: {doing} the writer lock: {why}")
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
     def holder(self) -> str | None:
-        """Who holds the lock ('sinagotd pid 12), if a live process does.
+        """Who holds the lock ("sinagotd pid 12"), or None if no process does.
 
-        Reads the pid the holder wrote instead of probing the lock, so that a reader never
-        makes a starting writer fail.
+        Probed with a shared lock taken and dropped at once: if it is free, nobody holds
+        it, whatever the file says. (A writer starting at that very moment retries.)
         """
         try:
-            text = self.path.read_text().strip()
-        except FileNotFoundError:
-            return None
+            fd = self._open(os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # no lock file, or no state folder: nobody holds it
+        except OSError as exc:
+            raise self._error("cannot open", exc) from exc
         try:
-            pid = int(text.rsplit(" ", 1)[-1])
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_text(fd)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
             return None
-        except PermissionError:
-            pass  # alive, owned by another user (the service account)
-        return text
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            with contextlib.suppress(OSError):  # a read-only remount: the text is moot anyway
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+
+def _advice(exc: OSError) -> str:
+    """What an OSError in the state folder says, and the likely fix."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({exc.strerror}): free space on its file system, then try again"
+    if exc.errno == errno.EROFS:
+        return f"{exc.strerror}: point [state] path at a writable file system"
+    return f"{exc.strerror}; make the state folder readable and writable for this user"
+
+
+def _holder_text(fd: int) -> str:
+    text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    return text if text.isprintable() and text else "a writer that has not said who it is"

@@ -7,22 +7,38 @@ needed and released by `close()`.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import stat
+import time
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .cluster import ENV_ADDRESS, resolve_address
 from .config import Config, load_config
+from .errors import SinagotError
 from .execute import DaskExecutor, Executor, LocalExecutor
-from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
+from .fingerprints import (
+    DirectoryListing,
+    DirectStat,
+    Lookup,
+    content_hash,
+    encode_fingerprints,
+    stat_path,
+)
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
-from .runner import StepJob, StepResult, receipt_name
-from .scripts import code_hash
+from .recordlog import LOG_FOLDER, inside_dataset
+from .runner import Outcome, StepJob, StepResult, one_line, read_receipt, receipt_name
+from .scripts import check_script
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
+
+#: Told of a receipt that is not a result: its path, and why.
+OnInvalid = Callable[[str, str], None]
 
 #: Planning more units than this lists folders once instead of stat-ing each path.
 _LISTING_THRESHOLD = 64
@@ -95,6 +111,16 @@ class Workspace:
         when the state store was moved to the daemon's local disk."""
         return self.config.dataset / ".sinagot" / RECEIPTS
 
+    def check_folders(self) -> None:
+        """Refuse to start writing into a dataset whose own folders are in the way: a LOG or
+        receipts folder that is a file, or a link out of the dataset. One line naming it."""
+        dataset = str(self.config.dataset)
+        for folder, what in ((self.dataset / LOG_FOLDER, "LOG folder"),
+                             (self.receipts, "receipts folder")):  # fmt: skip
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise SinagotError(f"{what} {folder} is not a folder: move it out of the way")
+            inside_dataset(dataset, str(folder), what)
+
     def check_id(self, record_id: str) -> str:
         return check_record_id(record_id, self.config.id_regex)
 
@@ -122,7 +148,13 @@ class Workspace:
         many = len(units) > _LISTING_THRESHOLD
         listing = DirectoryListing(dataset) if many else None
         lookup: Lookup = listing if listing is not None else DirectStat(dataset)
-        code_hashes = self._code_hashes() if self.config.track_scripts else None
+        scripts = self.scripts_now()
+        broken = {key: error for key, (_, error) in scripts.items() if error}
+        code_hashes = (
+            {key: digest for key, (digest, _) in scripts.items() if digest}
+            if self.config.track_scripts
+            else None
+        )
         receipts = self._pending_receipts()
         steps_of = self.layout.steps
         done: dict[int, list[StepPlan]] = {}
@@ -152,6 +184,7 @@ class Workspace:
             if self.config.content_hash
             else None,
             live_writer=not self.lock.held and self.lock.holder() is not None,
+            broken=broken,
             force=force,
             only=only,
         )
@@ -160,14 +193,20 @@ class Workspace:
             done[position] = [p for p in plans if p.run] if stale_only else plans
         return [plan for position in sorted(done) for plan in done[position]]
 
-    def _code_hashes(self) -> dict[str, str]:
-        hashes = {}
+    def scripts_now(self) -> dict[str, tuple[str | None, str | None]]:
+        """Each step script as it is now: script path -> (code hash, why it cannot be
+        loaded). A script with a syntax error is found here, by compiling it (cached by
+        its bytes), so that its steps wait instead of failing record by record."""
+        out: dict[str, tuple[str | None, str | None]] = {}
         for task, modality in self.layout.unit_keys(Scope()):
             for spec in self.layout.steps(task, modality):
-                if str(spec.script) not in hashes:
-                    with contextlib.suppress(OSError):
-                        hashes[str(spec.script)] = code_hash(spec.script.read_bytes())
-        return hashes
+                if spec.script_key not in out:
+                    out[spec.script_key] = check_script(spec.script)
+        return out
+
+    def broken_scripts(self) -> dict[str, str]:
+        """Script path -> one line saying why it cannot be loaded, for the broken ones."""
+        return {key: error for key, (_, error) in self.scripts_now().items() if error}
 
     def _pending_receipts(self) -> dict[str, RunRecord]:
         """Results that workers reported but no writer recorded yet (its process died)."""
@@ -179,15 +218,28 @@ class Workspace:
             )  # fmt: skip
         return out
 
-    def _read_receipts(self) -> Iterator[StepResult]:
+    def _read_receipts(self, on_invalid: OnInvalid | None = None) -> Iterator[StepResult]:
+        """The results receipts hold. A receipt that is not a result (torn, wrong types, a
+        link, not a file) is skipped; with `on_invalid` (the writer), it is also set aside
+        under a hidden name and reported once, so that it neither blocks nor repeats."""
         try:
             names = os.listdir(self.receipts)
-        except FileNotFoundError:
+        except OSError:  # none yet, or unreadable: planning goes on without them
             return
         for name in names:
-            if name.endswith(".json") and not name.startswith("."):
-                with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                    yield StepResult.from_json((self.receipts / name).read_text())
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = os.path.join(self.receipts, name)
+            try:
+                result = _load_receipt(path)
+            except ValueError as exc:
+                if on_invalid is not None:
+                    with contextlib.suppress(OSError):
+                        os.rename(path, os.path.join(self.receipts, f".invalid-{name}"))
+                    on_invalid(path, str(exc))
+                continue
+            if result is not None:
+                yield result
 
     def job(self, plan: StepPlan) -> StepJob:
         return StepJob(
@@ -200,7 +252,23 @@ class Workspace:
             workspace_version=self.config.version,
             hash_inputs=self.config.content_hash,
             echo=self.verbose and self.config.run_mode != "dask" and not self._scheduler,
+            time_limit=self.config.time_limit_for(plan.step.name),
+            attempts=self.config.max_attempts,
         )
+
+    def give_up(self, job: StepJob, error: str) -> StepResult:
+        """A failure recorded for a step that could not be run however often it was tried
+        (its worker died, its outputs could not be written): kept with what its inputs and
+        script are now, so that it waits, as a failed step does, until one of them changes
+        or the user forces it."""
+        fingerprints = [stat_path(os.path.join(job.dataset, rel)) for rel in job.inputs]
+        digest, _ = check_script(job.spec.script)
+        now = time.time()
+        return StepResult(
+            job.unit, job.spec.name, Outcome.FAILED, now, now, error,
+            inputs=encode_fingerprints(job.inputs, fingerprints), code_hash=digest,
+            run_id=job.run_id,
+        )  # fmt: skip
 
     # -- writing: the holder of the writer lock only ----------------------------------------
 
@@ -210,23 +278,29 @@ class Workspace:
         if self.lock.held:
             yield
             return
+        self.check_folders()
         self.lock.acquire(what)
         try:
             self.store.prepare()
+            self.layout.remember_patterns()
             self.ingest_receipts()
             yield
         finally:
             self.lock.release()
 
-    def ingest_receipts(self, busy: Container[Unit] = ()) -> list[StepResult]:
+    def ingest_receipts(
+        self, busy: Container[Unit] = (), on_invalid: OnInvalid | None = None
+    ) -> list[StepResult]:
         """Record results that a writer's workers reported but it never recorded (it died),
         and return them.
 
         Receipts of `busy` units (on the cluster now) stay: a worker may need them again.
-        Those the store already holds (recorded, then the writer died) are dropped.
+        Those the store already holds (recorded, then the writer died) are dropped. Invalid
+        ones are set aside and passed to `on_invalid(path, error)`.
         """
         results = sorted(
-            (r for r in self._read_receipts() if r.unit not in busy), key=lambda r: r.finished
+            (r for r in self._read_receipts(on_invalid) if r.unit not in busy),
+            key=lambda r: r.finished,
         )
         if not results:
             return []
@@ -324,3 +398,38 @@ class Workspace:
             else:
                 self._executor = LocalExecutor()
         return self._executor
+
+
+#: A receipt is a few hundred bytes; anything much larger is not one.
+_RECEIPT_MAX = 1 << 20
+
+
+def _load_receipt(path: str) -> StepResult | None:
+    """A receipt's result; None while its run goes on (locked) or if it died mid-run;
+    ValueError naming what is wrong otherwise. Never follows a link, never blocks on a
+    FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None  # ingested or dropped meanwhile
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
+        raise ValueError(why) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > _RECEIPT_MAX:
+            raise ValueError(f"{st.st_size} bytes: too large to be a receipt")
+        try:  # a run holds its receipt locked until its result is written in full
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        data = os.read(fd, _RECEIPT_MAX + 1)
+    finally:
+        os.close(fd)
+    try:
+        found = read_receipt(data)
+    except ValueError as exc:
+        raise ValueError(f"not a receipt: {one_line(exc)}") from None
+    return found if isinstance(found, StepResult) else None  # attempts: under way, or died

@@ -19,23 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sinagot import __version__
-from sinagot.cluster import Connection, connect, resolve_address
+from sinagot.cluster import ClusterError, Connection, connect, resolve_address
 from sinagot.errors import ConfigError, SinagotError
 from sinagot.execute import DaskExecutor, Submitted, newest_input
 from sinagot.layout import Scope, Unit
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
-from sinagot.requests import RunRequest, take_requests
+from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
 from sinagot.runner import Outcome, StepResult, one_line
+from sinagot.state import StateError
 from sinagot.workspace import Workspace
 
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
 from .settle import Settler
+from .throttle import Throttle
 from .watcher import PathChanged, Watcher, WatchError
 
 TICK = 0.1  # seconds: how often the loop looks at timers when nothing arrives
-REQUESTS_EVERY = 0.5  # seconds: how often the loop looks for `sinagot run` requests
+REQUEST_TIMEOUT = 10.0  # seconds a `sinagot run` request may wait for the loop to take it
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class StepEnded:
 
     submitted: Submitted
     result: StepResult | None
+
+
+@dataclass(frozen=True)
+class RequestRefused:
+    """The request server refused a request before it reached the loop (logged by the loop)."""
+
+    peer: Peer
+    error: str
 
 
 @dataclass
@@ -83,17 +93,21 @@ class Daemon:
         self.backoff: dict[Unit, float] = {}  # unit -> the wait before its last retry
         self.lost_generations: dict[Unit, str] = {}  # in flight when the cluster was lost
         self.failed_steps = 0
+        self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
+        self.attempts: dict[Unit, int] = {}  # runs of a unit that could not run, in a row
         self.stops = 0
         self.reload_requested = False
         self._ids = itertools.count()
         self._idle = False
         self._reconnect_at: float | None = None
         self._reconcile_due = False
-        self._watch_errors = 0
-        self._next_watch_error = 0.0
         self._reconnect_backoff = 1.0
+        self._store_retry_at: float | None = None  # a store write failed: retry then
+        self._store_backoff = 1.0
+        self.throttle = Throttle(1.0)
         self.watcher: Watcher | None = None
         self.connection: Connection | None = None
+        self.requests: RequestServer | None = None
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -102,12 +116,16 @@ class Daemon:
         started = self.clock()
         self.ws = Workspace(self.options.workspace, verbose=False)
         self.settings = self._settings(self.ws)
+        self.ws.check_folders()
         self.ws.lock.acquire("sinagotd")
         self.ws.store.prepare()
-        self._recovered(self.ws.ingest_receipts())
+        self.ws.layout.remember_patterns()
+        self._recovered(self.ws.ingest_receipts(on_invalid=self._invalid_receipt))
         self.executor = self._executor(self.ws)
         try:
             self.connection = self.executor.connection
+        except (ClusterError, ConfigError):
+            raise  # already one line naming the address (or the key) and the cause
         except Exception as exc:  # OSError, TimeoutError, ...: said plainly, exit 1
             address = resolve_address(self.options.scheduler, self.ws.config.dask)
             first = one_line(exc)
@@ -121,6 +139,7 @@ class Daemon:
             observer=self.settings.observer,
             settle_seconds=self.settings.settle_seconds,
         )
+        self._check_scripts(self.ws.broken_scripts())
         self.units_settle: Settler[Unit] = Settler(self.settings.settle_seconds)
         self.scripts_settle: Settler[Path] = Settler(self.settings.settle_seconds)
         self.config_settle: Settler[Path] = Settler(self.settings.settle_seconds)
@@ -132,9 +151,14 @@ class Daemon:
             "daemon.ready", units=units, stale_units=stale,
             duration_s=round(self.clock() - started, 3),
         )  # fmt: skip
+        try:
+            self.requests = RequestServer(
+                self.ws.config.state_dir, self._on_request, self._on_refused
+            ).start()
+        except RequestError as exc:  # `sinagot run` will say nothing answers; the rest goes on
+            self.log.error("run.unavailable", error=str(exc))
         self.notifier.ready()
         self._next_rescan = self.clock() + self.settings.rescan_seconds
-        self._next_requests = self.clock()
         self._next_ping = self.clock()
 
     def _settings(self, ws: Workspace) -> DaemonSettings:
@@ -163,10 +187,39 @@ class Daemon:
         """Run until stopped (or, with --once, until everything is done)."""
         with self._signals():
             while not self.stops:
-                self._step()
+                try:
+                    self._step()
+                except StateError as exc:
+                    self._store_failed(exc)
+                except Exception as exc:  # the daemon outlives what it reads: say, resync
+                    self._loop_failed(exc)
                 if self.options.once and self._is_idle():
                     break
             return self.shutdown()
+
+    def _say(
+        self, event: str, emit: Callable[..., object], key: str = "", **fields: object
+    ) -> None:
+        """An event about bad input or a fault, at most one a second per kind and `key`;
+        `held_back` counts those left unsaid since the last one."""
+        held = self.throttle.allow((event, key), self.clock())
+        if held is not None:
+            emit(event, **fields, **({"held_back": held} if held else {}))
+
+    def _store_failed(self, exc: StateError) -> None:
+        """The state store refused a write (disk full, read-only): nothing is submitted
+        until a retry, with backoff; results stay in their receipts meanwhile."""
+        self._pause(self.log.error, "store.error", error=str(exc))
+
+    def _loop_failed(self, exc: Exception) -> None:
+        """Anything else that went wrong in a pass of the loop: logged with its traceback,
+        then a reconcile after a pause (a fault that repeats repeats slowly)."""
+        self._pause(self.log.exception, "daemon.error", error=one_line(exc))
+
+    def _pause(self, emit: Callable[..., object], event: str, **fields: object) -> None:
+        self._say(event, emit, retry_in_s=self._store_backoff, **fields)
+        self._store_retry_at = self.clock() + self._store_backoff
+        self._store_backoff = min(self._store_backoff * 2, 60.0)
 
     def _step(self) -> None:
         try:
@@ -189,16 +242,22 @@ class Daemon:
 
     def _handle(self, message: object) -> None:
         now = self.clock()
-        if isinstance(message, PathChanged):
+        if isinstance(message, Handoff):
+            if message.take():
+                reply = {"ok": False, "error": "the daemon failed on this request"}
+                try:
+                    reply = self._requested(message.request, message.peer)
+                finally:
+                    message.answer(reply)
+        elif isinstance(message, RequestRefused):
+            self.log.warning("run.refused", error=message.error, **_who(message.peer))
+        elif isinstance(message, PathChanged):
             self._path_changed(message.path, now)
         elif isinstance(message, WatchError):
             # One rescan per loop pass, and one event a second, however many errors come:
             # an overflowing queue must not turn into a storm of rescans.
             self._reconcile_due = True
-            self._watch_errors += 1
-            if now >= self._next_watch_error:
-                self.log.warning("watch.error", error=message.error, count=self._watch_errors)
-                self._watch_errors, self._next_watch_error = 0, now + 1.0
+            self._say("watch.error", self.log.warning, error=message.error)
 
     def _path_changed(self, path: str, now: float) -> None:
         config = self.ws.config
@@ -226,6 +285,7 @@ class Daemon:
             self.reload("file change")
         scripts = self.scripts_settle.due(now)
         if scripts:
+            self._check_scripts(self.ws.broken_scripts())
             keys = {key for script in scripts for key in self.ws.layout.uses_script(script)}
             ids = list(self.ws.layout.discover(Scope()))
             self.replan([Unit(r, t, m) for r in ids for t, m in keys])
@@ -233,15 +293,15 @@ class Daemon:
         if units:
             for unit in units:  # its files changed: a retry need not wait any more
                 self.backoff.pop(unit, None)
+                self.attempts.pop(unit, None)
             self.replan(units)
-        if now >= self._next_requests:
-            self._next_requests = now + REQUESTS_EVERY
-            for request in take_requests(self.ws.config.state_dir):
-                self._requested(request)
         for unit, when in list(self.retry_at.items()):
             if now >= when and unit not in self.in_flight:
                 self.replan([unit])
-        if self._reconcile_due:
+        if self._store_retry_at is not None and now >= self._store_retry_at:
+            self._store_retry_at = None
+            self._reconcile_due = True
+        if self._reconcile_due and self._store_retry_at is None:
             self.reconcile()
         if self.watcher is not None and not self.watcher.alive():
             self.log.warning("watch.error", error="the file-system observer stopped; restarting")
@@ -264,12 +324,24 @@ class Daemon:
             or len(self.scripts_settle) or len(self.config_settle)
         )  # fmt: skip
 
+    def _check_scripts(self, broken: dict[str, str]) -> None:
+        """One `script.invalid` per script that broke (its steps wait, planning says so),
+        one `script.fixed` when it loads again."""
+        for path, error in broken.items():
+            if self.broken.get(path) != error:
+                self.log.error("script.invalid", path=path, error=error)
+        for path in self.broken.keys() - broken.keys():
+            self.log.info("script.fixed", path=path)
+        self.broken = broken
+
     # -- planning and submitting -------------------------------------------------------
 
     def reconcile(self) -> tuple[int, int]:
         """Plan every unit not in flight and queue what is stale: events are only hints."""
         self._reconcile_due = False
-        self._recovered(self.ws.ingest_receipts(busy=self.in_flight))
+        self._recovered(
+            self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
+        )
         units = self.ws.units(Scope())
         free = [u for u in units if u not in self.in_flight]
         self.dirty.update(u for u in units if u in self.in_flight)
@@ -302,7 +374,7 @@ class Daemon:
         return len(by_unit)
 
     def _fill(self) -> None:
-        if self.stops or self._reconnect_at is not None:
+        if self.stops or self._reconnect_at is not None or self._store_retry_at is not None:
             return
         batch: dict[Unit, list[StepPlan]] = {}
         room = self.ws.config.dask.max_in_flight - len(self.in_flight)
@@ -319,12 +391,23 @@ class Daemon:
         chains = []
         for unit, plans in batch.items():
             jobs = [self.ws.job(plan) for plan in plans]
-            chains.append(
-                (jobs, self.lost_generations.pop(unit, None) or self.ws.generation(unit, jobs))
+            chains.append((jobs, self.lost_generations.get(unit) or self.ws.generation(unit, jobs)))
+        try:
+            self.ws.store.mark_submitted(
+                [
+                    (job.unit, job.spec.name, generation)
+                    for jobs, generation in chains
+                    for job in jobs
+                ]
             )
-        self.ws.store.mark_submitted(
-            [(job.unit, job.spec.name, generation) for jobs, generation in chains for job in jobs]
-        )
+        except StateError as exc:
+            for unit, plans in batch.items():
+                self._requeue(unit, plans)
+            self._store_failed(exc)
+            return
+        self._store_backoff = 1.0
+        for unit in batch:
+            self.lost_generations.pop(unit, None)
         ended = self.messages.put
         try:
             submitted = self.executor.submit(chains, lambda s, result: ended(StepEnded(s, result)))
@@ -367,16 +450,33 @@ class Daemon:
                 flight.results.append(result)
                 self._report(result)
             flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
-        self.ws.record(results)  # recorded before any receipt is dropped
+        recorded = self._record(results)  # recorded before any receipt is dropped
         landed = {s.unit: self.in_flight[s.unit] for s, _ in current if s.ended}
         for unit, flight in landed.items():
-            self._landed(unit, flight)
+            self._landed(unit, flight, recorded)
         self._fill()
 
+    def _record(self, results: list[StepResult]) -> bool:
+        """Record results; False if the store refused (their receipts then stay on disk,
+        and the reconcile after the store's retry records them)."""
+        try:
+            self.ws.record(results)
+        except StateError as exc:
+            self._store_failed(exc)
+            return False
+        return True
+
+    def _invalid_receipt(self, path: str, error: str) -> None:
+        self._say("receipt.invalid", self.log.error, path=path, error=error,
+                  action="set aside as .invalid-<name>")  # fmt: skip
+
     def _recovered(self, results: list[StepResult]) -> None:
-        """Runs that finished while nobody listened (receipts): announced now."""
+        """Runs that finished while nobody listened (receipts): announced now (and so a
+        `daemon.idle` follows them)."""
         for result in results:
             self._report(result, recovered=True)
+        if results:
+            self._idle = False
 
     def _report(self, result: StepResult, **extra: object) -> None:
         where = {**_where(result.unit), "step": result.step}
@@ -389,22 +489,51 @@ class Daemon:
             self.failed_steps += 1
             self.log.error("step.failed", **where, error=result.error, duration_s=duration, **extra)
 
-    def _landed(self, unit: Unit, flight: Flight) -> None:
+    def _landed(self, unit: Unit, flight: Flight, recorded: bool = True) -> None:
         del self.in_flight[unit]
         if flight.lost:  # submitted again, under the same name, once the cluster is back
             self.dirty.discard(unit)
             self.lost_generations[unit] = flight.generation
             return
+        if not recorded:  # its receipts stay, for the reconcile after the store's retry
+            return
         self.ws.forget(flight.results)
         if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
-            backoff = self.backoff.get(unit, self.settings.retry_seconds / 2) * 2
-            self.backoff[unit] = min(backoff, 3600.0)
-            self.retry_at[unit] = self.clock() + self.backoff[unit]
+            attempts = self.attempts.get(unit, 0) + 1
+            if attempts >= self.ws.config.max_attempts:
+                self._give_up(flight, attempts)
+            else:
+                self.attempts[unit] = attempts
+                backoff = self.backoff.get(unit, self.settings.retry_seconds / 2) * 2
+                self.backoff[unit] = min(backoff, 3600.0)
+                self.retry_at[unit] = self.clock() + self.backoff[unit]
         else:
             self.backoff.pop(unit, None)
+            self.attempts.pop(unit, None)
         if unit in self.dirty:
             self.dirty.discard(unit)
             self.replan([unit])
+
+    def _give_up(self, flight: Flight, attempts: int) -> None:
+        """Steps that could not run `max_attempts` times in a row are recorded as failed:
+        ERROR in `sinagot status`, not retried until an input or the script changes."""
+        unit = flight.submitted.unit
+        self.attempts.pop(unit, None)
+        self.backoff.pop(unit, None)
+        # Steps that ended before their worker died may not have been heard of: their
+        # receipts say so. The first step with neither a result nor a receipt is at fault;
+        # those after it never began.
+        recovered = self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
+        self._recovered(recovered)
+        ended = {r.run_id for r in recovered} | {r.run_id for r in flight.results if r.state}
+        errors = {r.step: r.error for r in flight.results if r.outcome is Outcome.NOT_RUN}
+        job = next((j for j in flight.submitted.jobs if j.run_id not in ended), None)
+        if job is None or job.spec.name not in errors:
+            return
+        error = f"{errors[job.spec.name]} (gave up after {attempts} attempts)"
+        if self._record([self.ws.give_up(job, error)]):
+            self.log.error("step.gave_up", **_where(unit), step=job.spec.name,
+                           attempts=attempts, error=error)  # fmt: skip
 
     # -- the cluster ------------------------------------------------------------------------
 
@@ -425,7 +554,7 @@ class Daemon:
         except Exception as exc:
             self._reconnect_backoff = min(self._reconnect_backoff * 2, 60.0)
             self._reconnect_at = now + self._reconnect_backoff
-            error = one_line(exc)
+            error = str(exc) if isinstance(exc, ClusterError) else one_line(exc)
             self.log.warning("cluster.unreachable", error=error, retry_in_s=self._reconnect_backoff)
             return
         self._reconnect_at, self._reconnect_backoff = None, 1.0
@@ -439,7 +568,9 @@ class Daemon:
         """Units the cluster lost: record what their workers finished, plan them again
         (fresh: the plans made before may be out of date), submit under their old names."""
         lost = [u for u in self.lost_generations if u not in self.in_flight]
-        self._recovered(self.ws.ingest_receipts(busy=self.in_flight))
+        self._recovered(
+            self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
+        )
         for unit in lost:
             self.waiting_plans.pop(unit, None)
         self.replan(lost)
@@ -457,24 +588,38 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.executor.close()
 
-    def _requested(self, request: RunRequest) -> None:
-        """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue."""
+    def _on_request(self, request: RunRequest, peer: Peer) -> dict[str, object]:
+        """A request server thread: hand the request to the loop, wait for its answer."""
+        handoff = Handoff(request, peer)
+        self.messages.put(handoff)
+        return handoff.wait(REQUEST_TIMEOUT)
+
+    def _on_refused(self, peer: Peer, error: str) -> None:
+        self.messages.put(RequestRefused(peer, error))
+
+    def _requested(self, request: RunRequest, peer: Peer) -> dict[str, object]:
+        """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue;
+        the reply says what was queued, or why nothing was."""
         try:
             scope = self.ws.layout.scope(request.task, request.modality)
             records = request.records
             ids = None if records is None else [self.ws.check_id(r) for r in records]
+            if request.step is not None and request.step not in self.ws.layout.step_names(scope):
+                names = ", ".join(self.ws.layout.step_names(scope))
+                raise ValueError(f"no step {request.step!r} here; steps: {names}")
         except ValueError as exc:
-            self.log.error("run.refused", error=str(exc))
-            return
+            self.log.warning("run.refused", error=str(exc), **_who(peer))
+            return {"ok": False, "error": str(exc)}
         units = self.ws.units(scope, ids)
         busy = [u for u in units if u in self.in_flight]
         free = [u for u in units if u not in self.in_flight]
         plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
         self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
-                      force=request.force, step=request.step)  # fmt: skip
+                      force=request.force, step=request.step, **_who(peer))  # fmt: skip
         self.dirty.update(busy)
         self._queue(plans, replanned=free)
         self._fill()
+        return {"ok": True, "units": len(units), "steps": len(plans), "busy": len(busy)}
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -486,11 +631,23 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("config.invalid", path=path, error=str(exc), trigger=why)
             return
+        moved = _moved(self.ws, ws)
+        if moved:
+            ws.close()
+            error = f"{moved} changed: restart sinagotd to apply it (kept the running config)"
+            self.log.error("config.invalid", path=path, error=error, trigger=why)
+            return
         ws.lock = self.ws.lock  # the lock stays with this process
         ws.store.close()
         old, self.ws, self.settings = self.ws, ws, settings
+        ws.layout.remember_patterns()
         old.store.close()
         self.log.info("config.reloaded", path=path, error=None, trigger=why)
+        if self.watcher is not None and _folders(old) != _folders(ws):
+            self.watcher.stop()
+            self.watcher = self._watcher()
+            self.watcher.start()
+        self._check_scripts(self.ws.broken_scripts())
         self.reconcile()
 
     # -- shutdown ---------------------------------------------------------------------------
@@ -501,6 +658,8 @@ class Daemon:
         if not once:
             self.log.info("daemon.stopping", in_flight=len(self.in_flight))
             self.notifier.stopping()
+        if self.requests is not None:
+            self.requests.close()
         if self.watcher is not None:
             self.watcher.stop()
         deadline = self.clock() + self.settings.stop_grace_seconds
@@ -543,6 +702,23 @@ class Daemon:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _moved(old: Workspace, new: Workspace) -> str | None:
+    """What a reload cannot apply in place: where the data and the writer's lock live."""
+    if new.config.dataset != old.config.dataset:
+        return "[path] dataset"
+    if new.config.state_dir != old.config.state_dir:
+        return "[state] path"
+    return None
+
+
+def _folders(ws: Workspace) -> tuple[Path, ...]:
+    return (ws.config.scripts, *sorted({f.parent for f in ws.config.files}))
+
+
+def _who(peer: Peer) -> dict[str, int]:
+    return {"peer_pid": peer.pid, "peer_uid": peer.uid}
 
 
 def _where(unit: Unit) -> dict[str, str | None]:

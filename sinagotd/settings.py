@@ -1,10 +1,16 @@
 """The daemon's settings: a flag, then an environment variable, then `[daemon]`, then default.
 
-Resolved in one place so that systemd units can use `Environment=` as well as flags.
+Resolved in one place so that systemd units can use `Environment=` as well as flags. Every
+number must be finite and in its range (`RANGES`), whichever of the three it came from, and
+a refusal names that source (`--settle-seconds`, `$SINAGOTD_SETTLE_SECONDS`, or the file and
+key): a NaN settle time would never let a file settle, and an infinite one overflows the
+waits it is given to. The upper bounds are far above any useful value (an hour of quiet
+before a file is acted on, a week between rescans); beyond them the number is a mistake.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +19,7 @@ from sinagot.config import Config
 from sinagot.errors import ConfigError
 
 OBSERVERS = ("auto", "inotify", "polling")
+HOUR, DAY = 3600.0, 86400.0
 
 
 @dataclass(frozen=True)
@@ -26,54 +33,69 @@ class DaemonSettings:
     log_format: str | None = None  # "json" | "console"; None: json unless stdout is a tty
 
 
-_FIELDS = {
-    "settle_seconds": float,
-    "rescan_seconds": float,
-    "observer": str,
-    "polling_seconds": float,
-    "stop_grace_seconds": float,
-    "retry_seconds": float,
+#: seconds setting -> (lowest, whether the lowest itself is allowed, highest)
+RANGES: dict[str, tuple[float, bool, float]] = {
+    "settle_seconds": (0.0, True, HOUR),
+    "rescan_seconds": (0.0, False, 7 * DAY),
+    "polling_seconds": (0.0, False, HOUR),
+    "stop_grace_seconds": (0.0, True, DAY),
+    "retry_seconds": (0.0, False, DAY),
 }
+_FIELDS = (*RANGES, "observer")
 
 
 def load_settings(config: Config, **flags: Any) -> DaemonSettings:
     """Settings from flags (None: not given), SINAGOTD_<NAME> variables and [daemon]."""
-    table = dict(config.daemon)
-    values: dict[str, Any] = {}
-    for key in table:
+    for key in config.daemon:
         if key not in _FIELDS:
             known = ", ".join(_FIELDS)
             raise ConfigError(f"{config.where('daemon', key)}: unknown key; known: {known}")
-    for name, kind in _FIELDS.items():
-        where = config.where("daemon", name)
-        value: Any = flags.get(name)
-        if value is None and (env := os.environ.get(f"SINAGOTD_{name.upper()}")) is not None:
-            value, where = env, f"${'SINAGOTD_' + name.upper()}"
-        if value is None:
-            value = table.get(name)
-        if value is None:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        found = _lookup(config, name, flags.get(name))
+        if found is None:
             continue
-        values[name] = _coerce(value, kind, where)
-    settings = DaemonSettings(**values, log_format=flags.get("log_format"))
-    if settings.observer not in OBSERVERS:
-        where = config.where("daemon", "observer")
-        raise ConfigError(f"{where}: {settings.observer!r} is not one of {', '.join(OBSERVERS)}")
-    for name in ("settle_seconds", "polling_seconds", "stop_grace_seconds", "retry_seconds"):
-        if getattr(settings, name) < 0:
-            raise ConfigError(f"{config.where('daemon', name)}: must not be negative")
-    if settings.rescan_seconds <= 0:
-        raise ConfigError(f"{config.where('daemon', 'rescan_seconds')}: must be positive")
-    return settings
+        value, where = found
+        if name == "observer":
+            values[name] = _observer(value, where)
+        else:
+            values[name] = _seconds(name, value, where)
+    return DaemonSettings(**values, log_format=flags.get("log_format"))
 
 
-def _coerce(value: Any, kind: type, where: str) -> Any:
-    if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number of seconds, found {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number of seconds, found {value!r}") from None
+def _lookup(config: Config, name: str, flag: Any) -> tuple[Any, str] | None:
+    """The value of a setting and where it came from, in order of precedence."""
+    variable = f"SINAGOTD_{name.upper()}"
+    if flag is not None:
+        return flag, f"--{name.replace('_', '-')}"
+    if (env := os.environ.get(variable)) is not None:
+        return env, f"${variable}"
+    if config.daemon.get(name) is not None:
+        return config.daemon[name], config.where("daemon", name)
+    return None
+
+
+def _seconds(name: str, value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{where}: expected a number of seconds, found {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number of seconds, found {value!r}") from None
+    low, low_allowed, high = RANGES[name]
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{where}: expected a finite number of seconds, found {value!r}")
+    if seconds < low or (seconds == low and not low_allowed):
+        bound = "must not be negative" if low_allowed else f"must be above {low:g}"
+        raise ConfigError(f"{where}: {bound}, found {value!r}")
+    if seconds > high:
+        raise ConfigError(f"{where}: must be at most {high:g} seconds, found {value!r}")
+    return seconds
+
+
+def _observer(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, found {value!r}")
+    if value not in OBSERVERS:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(OBSERVERS)}")
     return value

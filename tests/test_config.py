@@ -6,6 +6,7 @@ also checked against the bad-input rule: a `ConfigError` leaves the file system 
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from sinagot import ConfigError, SinagotError, Workspace
 from sinagot.config import load_config
 from sinagot.layout import Scope
+from sinagotd.settings import load_settings
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -1015,7 +1017,7 @@ def test_a_scoped_script_in_the_top_scripts_folder_is_not_used(tmp_path, load_fa
 # -- scripts read at Workspace load ----------------------------------------------------------
 
 
-def test_a_script_with_a_syntax_error_names_the_file_and_line(tmp_path, load_fails):
+def test_a_script_with_a_syntax_error_past_its_patterns_loads_marked_broken(tmp_path):
     unit_workspace(tmp_path)
     mean = write(
         tmp_path / "scripts" / "mean.py",
@@ -1031,8 +1033,15 @@ def test_a_script_with_a_syntax_error_names_the_file_and_line(tmp_path, load_fai
                 pass
         """,
     )
+    before = tree(tmp_path)
 
-    load_fails(tmp_path, str(mean), "line 8", "syntax error", layout=True)
+    count, broken = Workspace(tmp_path).layout.steps(None, None)
+
+    assert broken.broken == f"{mean}, line 8: syntax error: expected ':'"
+    assert [str(p) for p in broken.inputs.patterns] == ["computed/{id}-count.csv"]
+    assert [str(p) for p in broken.outputs.patterns] == ["computed/{id}-mean.csv"]
+    assert count.broken is None
+    assert tree(tmp_path) == before, "loading a workspace with a broken script wrote a file"
 
 
 def test_a_script_without_a_script_class_is_named(tmp_path, load_fails):
@@ -1256,3 +1265,572 @@ def test_a_failing_load_leaves_an_existing_dataset_untouched(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     assert not (tmp_path / "dataset" / ".sinagot").exists()
     assert not (tmp_path / "dataset" / "LOG").exists()
+
+
+# -- outputs that collide or loop ----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("example", ["harbor", "eeg"])
+def test_the_bundled_examples_still_load(example):
+    ws = Workspace(REPO / "example" / example, verbose=False)
+
+    assert ws.layout.unit_keys(Scope())
+    assert all(s.broken is None for k in ws.layout.unit_keys(Scope()) for s in ws.layout.steps(*k))
+
+
+def test_a_modality_step_without_task_in_its_output_run_by_two_tasks_is_refused(
+    tmp_path, load_fails
+):
+    scoped_workspace(tmp_path)
+    preprocess = write_script(
+        tmp_path / "scripts" / "EEG" / "preprocess.py",
+        ("{id}", "{task}", "EEG", "raw.csv"),
+        ("EEG", "{id}-pre.csv"),
+    )
+
+    message = load_fails(
+        tmp_path,
+        str(preprocess),
+        "PATH_OUT EEG/{id}-pre.csv",
+        "preprocess (task RS, modality EEG)",
+        "preprocess (task MMN, modality EEG)",
+        "put {task} in it",
+        layout=True,
+    )
+    assert "\n" not in message
+
+
+def test_two_steps_of_one_unit_writing_the_same_file_are_refused_naming_both(tmp_path, load_fails):
+    unit_workspace(tmp_path, UNIT_TOML.replace('["count", "mean"]', '["count", "mean", "sd"]'))
+    sd = write_script(tmp_path / "scripts" / "sd.py", MEAN[0], MEAN[1])
+
+    load_fails(
+        tmp_path,
+        "steps mean and sd both write computed/{id}-mean.csv",
+        str(tmp_path / "scripts" / "mean.py"),
+        str(sd),
+        layout=True,
+    )
+
+
+def test_two_modalities_writing_the_same_file_are_refused_naming_both_steps(tmp_path, load_fails):
+    scoped_workspace(tmp_path)
+    scores = write_script(
+        tmp_path / "scripts" / "behavior" / "scores.py",
+        ("{id}", "{task}", "behavior", "trials.csv"),
+        ("{id}", "{task}", "clinical", "summary.json"),
+    )
+
+    load_fails(
+        tmp_path,
+        "summary (task HDC, modality clinical)",
+        "scores (task HDC, modality behavior)",
+        "{id}/HDC/clinical/summary.json",
+        str(scores),
+        layout=True,
+    )
+
+
+def test_two_labels_of_one_step_naming_the_same_file_are_refused(tmp_path, load_fails):
+    unit_workspace(tmp_path)
+    mean = write_script(
+        tmp_path / "scripts" / "mean.py",
+        MEAN[0],
+        {"mean": MEAN[1], "sd": ("computed", "{id}-mean.csv")},
+    )
+
+    load_fails(
+        tmp_path, str(mean), "PATH_OUT['mean'] and PATH_OUT['sd']", "{id}-mean.csv", layout=True
+    )
+
+
+def test_a_step_writing_its_own_input_is_refused_as_a_loop_without_end(tmp_path, load_fails):
+    unit_workspace(tmp_path)
+    mean = write_script(tmp_path / "scripts" / "mean.py", MEAN[0], MEAN[0])
+
+    load_fails(
+        tmp_path, str(mean), "PATH_OUT computed/{id}-count.csv", "also its PATH_IN", layout=True
+    )
+
+
+def test_a_step_writing_its_own_input_once_the_task_is_filled_in_is_refused(tmp_path, load_fails):
+    scoped_workspace(tmp_path)
+    alpha = write_script(
+        tmp_path / "scripts" / "EEG" / "alpha.py",
+        SCOPED_SCRIPTS["EEG/alpha"][0],
+        ("{id}", "RS", "EEG", "processed", "clean.csv"),
+    )
+
+    load_fails(tmp_path, str(alpha), "{id}/RS/EEG/processed/clean.csv", "PATH_IN", layout=True)
+
+
+def test_a_later_step_writing_the_recording_is_refused(tmp_path, load_fails):
+    unit_workspace(tmp_path)
+    mean = write_script(tmp_path / "scripts" / "mean.py", MEAN[0], COUNT[0])
+
+    load_fails(
+        tmp_path,
+        str(mean),
+        "PATH_OUT raw/{id}-raw.csv",
+        "would overwrite the recording",
+        "PATH_IN of count, the unit's first step",
+        layout=True,
+    )
+
+
+def test_a_step_writing_an_input_of_an_earlier_step_is_refused_as_a_loop(tmp_path, load_fails):
+    unit_workspace(tmp_path, UNIT_TOML.replace('["count", "mean"]', '["count", "mean", "ref"]'))
+    mean = write_script(
+        tmp_path / "scripts" / "mean.py",
+        {"count": COUNT[1], "reference": ("reference", "{id}.csv")},
+        MEAN[1],
+    )
+    ref = write_script(tmp_path / "scripts" / "ref.py", MEAN[1], ("reference", "{id}.csv"))
+
+    load_fails(
+        tmp_path,
+        str(ref),
+        "PATH_OUT reference/{id}.csv",
+        "PATH_IN['reference'] of the earlier step mean",
+        str(mean),
+        "loop",
+        layout=True,
+    )
+
+
+# -- paths and values checked --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "key_name"),
+    [
+        ("path", "dataset"),
+        ("path", "scripts"),
+        ("state", "path"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        pytest.param(r"data\u0000set", r"'\x00'", id="nul"),
+        pytest.param(r"data\nset", r"'\n'", id="newline"),
+        pytest.param(r"data\u001bset", r"'\x1b'", id="escape"),
+        pytest.param("", "empty", id="empty"),
+        pytest.param("   ", "empty", id="blank"),
+    ],
+)
+def test_a_path_with_a_control_character_or_empty_is_refused_naming_its_key(
+    tmp_path, load_fails, table, key_name, value, fragment
+):
+    unit_workspace(tmp_path, UNIT_TOML + f'\n[{table}]\n{key_name} = "{value}"\n')
+
+    message = load_fails(
+        tmp_path, str(tmp_path / "workspace.toml"), f"[{table}] {key_name}", fragment
+    )
+    assert "\n" not in message
+
+
+def test_a_home_folder_of_a_user_that_does_not_exist_is_refused_naming_the_key(
+    tmp_path, load_fails
+):
+    unit_workspace(tmp_path, UNIT_TOML + '\n[state]\npath = "~no-such-user-here/state"\n')
+
+    load_fails(tmp_path, "[state] path", "cannot expand '~no-such-user-here/state'")
+
+
+def test_a_scripts_folder_name_too_long_for_the_system_is_refused_naming_the_key(
+    tmp_path, load_fails
+):
+    unit_workspace(tmp_path, UNIT_TOML + f'\n[path]\nscripts = "./{"s" * 300}"\n')
+
+    load_fails(tmp_path, "[path] scripts", "File name too long")
+
+
+@pytest.mark.parametrize(
+    ("table", "key_name", "fragment"),
+    [
+        ("[dask]\nn_workers = 100000", "[dask] n_workers", "at most 256, found 100000"),
+        ("[dask]\nthreads_per_worker = 4096", "[dask] threads_per_worker", "at most 256"),
+        ("[dask]\nmax_in_flight = 99999999999", "[dask] max_in_flight", "at most 1000000"),
+        ('[dask]\naddress = "tcp://h\\u0000:8786"', "[dask] address", r"'\x00'"),
+    ],
+)
+def test_dask_settings_out_of_any_sane_range_are_refused(
+    tmp_path, load_fails, table, key_name, fragment
+):
+    unit_workspace(tmp_path, UNIT_TOML + "\n" + table + "\n")
+
+    load_fails(tmp_path, key_name, fragment)
+
+
+# -- [run] time limits and attempts --------------------------------------------------------
+
+
+def test_run_limits_default_to_no_time_limit_and_three_attempts(tmp_path):
+    unit_workspace(tmp_path)
+
+    config = load_config(tmp_path)
+
+    assert (config.time_limit, dict(config.time_limits), config.max_attempts) == (None, {}, 3)
+    assert config.time_limit_for("count") is None
+
+
+def test_a_step_time_limit_overrides_the_workspace_one(tmp_path):
+    unit_workspace(
+        tmp_path,
+        UNIT_TOML + "\n[run]\ntime_limit = 600\nmax_attempts = 5\n[run.time_limits]\nmean = 2.5\n",
+    )
+
+    config = load_config(tmp_path)
+
+    assert config.time_limit_for("count") == 600.0
+    assert config.time_limit_for("mean") == 2.5
+    assert config.max_attempts == 5
+
+
+def test_a_time_limit_can_name_a_step_of_a_scoped_workspace(tmp_path):
+    scoped_workspace(tmp_path, SCOPED_TOML + "\n[run.time_limits]\nmismatch = 30\n")
+
+    config = load_config(tmp_path)
+
+    assert config.time_limit_for("mismatch") == 30.0
+    assert config.time_limit_for("alpha") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("time_limit = nan", "found nan"),
+        ("time_limit = inf", "found inf"),
+        ("time_limit = -inf", "found -inf"),
+        ("time_limit = 0", "above 0, found 0"),
+        ("time_limit = -5", "above 0, found -5"),
+        ("time_limit = 1e9", "at most 604800"),
+        ('time_limit = "600"', "expected a number, found '600'"),
+        ("time_limit = true", "expected a number, found true"),
+    ],
+)
+def test_a_time_limit_that_is_not_a_finite_positive_number_is_refused(
+    tmp_path, load_fails, line, fragment
+):
+    unit_workspace(tmp_path, UNIT_TOML + f"\n[run]\n{line}\n")
+
+    load_fails(tmp_path, str(tmp_path / "workspace.toml"), "[run] time_limit", fragment)
+
+
+def test_a_step_time_limit_that_is_nan_is_refused_naming_the_step(tmp_path, load_fails):
+    unit_workspace(tmp_path, UNIT_TOML + "\n[run.time_limits]\ncount = nan\n")
+
+    load_fails(tmp_path, "[run] time_limits.count", "found nan")
+
+
+def test_a_time_limit_for_an_unknown_step_names_it_and_lists_the_steps(tmp_path, load_fails):
+    unit_workspace(tmp_path, UNIT_TOML + "\n[run.time_limits]\ncuont = 10\n")
+
+    load_fails(
+        tmp_path,
+        str(tmp_path / "workspace.toml"),
+        "[run] time_limits.cuont",
+        "no step is named 'cuont'",
+        "did you mean 'count'?",
+        "steps: count, mean",
+    )
+
+
+def test_time_limits_given_as_a_number_is_refused(tmp_path, load_fails):
+    unit_workspace(tmp_path, UNIT_TOML + "\n[run]\ntime_limits = 10\n")
+
+    load_fails(tmp_path, "[run] time_limits", "expected a table, found 10")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("0", "at least 1, found 0"),
+        ("-1", "at least 1"),
+        ("2.5", "expected an integer, found 2.5"),
+        ("true", "expected an integer, found true"),
+        ("1000", "at most 100, found 1000"),
+    ],
+)
+def test_max_attempts_must_be_a_whole_number_from_one(tmp_path, load_fails, value, fragment):
+    unit_workspace(tmp_path, UNIT_TOML + f"\n[run]\nmax_attempts = {value}\n")
+
+    load_fails(tmp_path, "[run] max_attempts", fragment)
+
+
+# -- the daemon's settings -----------------------------------------------------------------
+
+
+def daemon_settings(tmp_path: Path, daemon_table: str = "", **flags):
+    unit_workspace(tmp_path, UNIT_TOML + "\n[daemon]\n" + daemon_table)
+    return load_settings(load_config(tmp_path), **flags)
+
+
+@pytest.fixture
+def no_daemon_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("SINAGOTD_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    "name",
+    ["settle_seconds", "rescan_seconds", "polling_seconds", "stop_grace_seconds", "retry_seconds"],
+)
+def test_a_daemon_setting_that_is_not_finite_is_refused_naming_file_and_key(
+    tmp_path, no_daemon_env, name, value
+):
+    with pytest.raises(ConfigError) as info:
+        daemon_settings(tmp_path, f"{name} = {value}\n")
+
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'workspace.toml'}: [daemon] {name}: ")
+    assert value in message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999", "NaN"])
+def test_a_settle_time_from_the_environment_that_is_not_finite_names_the_variable(
+    tmp_path, no_daemon_env, value
+):
+    no_daemon_env.setenv("SINAGOTD_SETTLE_SECONDS", value)
+
+    with pytest.raises(ConfigError) as info:
+        daemon_settings(tmp_path, "settle_seconds = 2\n")
+
+    assert str(info.value) == (
+        f"$SINAGOTD_SETTLE_SECONDS: expected a finite number of seconds, found {value!r}"
+    )
+
+
+def test_a_settle_time_flag_that_is_not_finite_names_the_flag(tmp_path, no_daemon_env):
+    with pytest.raises(ConfigError, match=r"^--settle-seconds: .*finite.*nan"):
+        daemon_settings(tmp_path, settle_seconds=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ("settle_seconds = -1", "[daemon] settle_seconds: must not be negative, found -1"),
+        ("settle_seconds = 86400", "[daemon] settle_seconds: must be at most 3600"),
+        ("rescan_seconds = 0", "[daemon] rescan_seconds: must be above 0"),
+        ("polling_seconds = 0", "[daemon] polling_seconds: must be above 0"),
+        ("retry_seconds = 0", "[daemon] retry_seconds: must be above 0"),
+        ("rescan_seconds = 1e12", "[daemon] rescan_seconds: must be at most 604800"),
+        ("stop_grace_seconds = 1e300", "[daemon] stop_grace_seconds: must be at most 86400"),
+    ],
+)
+def test_a_daemon_setting_out_of_range_is_refused_naming_the_key(
+    tmp_path, no_daemon_env, table, fragment
+):
+    with pytest.raises(ConfigError) as info:
+        daemon_settings(tmp_path, table + "\n")
+
+    assert fragment in str(info.value)
+
+
+def test_an_out_of_range_variable_is_blamed_on_the_variable_not_the_file(tmp_path, no_daemon_env):
+    no_daemon_env.setenv("SINAGOTD_RETRY_SECONDS", "-3")
+
+    with pytest.raises(ConfigError) as info:
+        daemon_settings(tmp_path, "retry_seconds = 5\n")
+
+    assert str(info.value) == "$SINAGOTD_RETRY_SECONDS: must be above 0, found '-3'"
+
+
+def test_a_wrong_observer_from_the_environment_is_blamed_on_the_variable(tmp_path, no_daemon_env):
+    no_daemon_env.setenv("SINAGOTD_OBSERVER", "fanotify")
+
+    with pytest.raises(ConfigError) as info:
+        daemon_settings(tmp_path, 'observer = "polling"\n')
+
+    assert str(info.value) == (
+        "$SINAGOTD_OBSERVER: 'fanotify' is not one of auto, inotify, polling"
+    )
+
+
+# -- broken step scripts -------------------------------------------------------------------
+
+
+def broken_mean(tmp_path: Path, source: str) -> Path:
+    unit_workspace(tmp_path)
+    return write(tmp_path / "scripts" / "mean.py", source)
+
+
+def test_an_unclosed_parenthesis_early_in_a_script_still_lets_the_workspace_load(tmp_path):
+    mean = broken_mean(
+        tmp_path,
+        """
+        from sinagot import ScriptTemplate
+
+        print(
+
+        class Script(ScriptTemplate):
+            PATH_IN = ("computed", "{id}-count.csv")
+            PATH_OUT = ("computed", "{id}-mean.csv")
+
+            def run(self):
+                pass
+        """,
+    )
+    write(tmp_path / "dataset" / "raw" / "REC-1-raw.csv", "x\n")
+
+    ws = Workspace(tmp_path)
+
+    step = ws.layout.steps(None, None)[1]
+    assert step.broken == f"{mean}, line 3: syntax error: '(' was never closed"
+    assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-mean.csv"]
+    assert ws.records.ids() == ["REC-1"]
+
+
+def test_a_long_method_without_its_colon_still_lets_the_workspace_load(tmp_path):
+    body = "".join(f"        x{i} = {i}\n" for i in range(300))
+    broken_mean(
+        tmp_path,
+        script_source(*MEAN).replace("    def run(self):\n        pass\n", "")
+        + "\n    def run(self)\n"
+        + body,
+    )
+
+    step = Workspace(tmp_path).layout.steps(None, None)[1]
+
+    assert "syntax error: expected ':'" in step.broken
+    assert [str(p) for p in step.inputs.patterns] == ["computed/{id}-count.csv"]
+
+
+def test_a_nul_byte_in_a_script_marks_it_broken_at_its_line(tmp_path):
+    mean = broken_mean(tmp_path, script_source(*MEAN) + "\n# a stray \0 byte\n")
+
+    step = Workspace(tmp_path).layout.steps(None, None)[1]
+
+    line = script_source(*MEAN).count("\n") + 2
+    assert step.broken == f"{mean}, line {line}: syntax error: a NUL byte"
+    assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-mean.csv"]
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        pytest.param(
+            script_source(*MEAN).replace(
+                "PATH_OUT = ('computed', '{id}-mean.csv')",
+                "PATH_OUT = ('computed', '{id}-mean.csv'",
+            ),
+            6,
+            id="unclosed-in-PATH_OUT",
+        ),
+        pytest.param(
+            script_source(*MEAN).replace(
+                "PATH_OUT = ('computed', '{id}-mean.csv')",
+                "PATH_OUT = {\n        'a': ('computed', '{id}-a.csv')\n"
+                "        'b': ('computed', '{id}-b.csv'),\n    }",
+            ),
+            7,
+            id="missing-comma-inside-PATH_OUT",
+        ),
+        pytest.param(
+            script_source(*MEAN)
+            .replace("PATH_OUT = ('computed', '{id}-mean.csv')", "PATH_OUT = out('mean')")
+            .replace("    def run(self):", "    def run(self)"),
+            8,
+            id="computed-PATH_OUT",
+        ),
+        pytest.param(
+            script_source(*MEAN).replace("class Script(ScriptTemplate):", "class Script(Template)"),
+            4,
+            id="class-line",
+        ),
+    ],
+)
+def test_a_broken_script_whose_patterns_cannot_be_read_is_refused_naming_file_and_line(
+    tmp_path, load_fails, source, line
+):
+    mean = broken_mean(tmp_path, source)
+
+    message = load_fails(tmp_path, f"{mean}, line {line}: syntax error", layout=True)
+    assert "PATH_IN and PATH_OUT are known neither" in message
+
+
+def test_a_broken_script_whose_recovered_patterns_are_bad_is_still_refused(tmp_path, load_fails):
+    mean = broken_mean(
+        tmp_path,
+        script_source(MEAN[0], ("computed", "mean.csv")).replace("def run(self):", "def run(self)"),
+    )
+
+    load_fails(tmp_path, str(mean), "PATH_OUT", "must hold {id}", layout=True)
+
+
+BROKEN_CLASS_LINE = "from sinagot import ScriptTemplate\n\nclass Script(ScriptTemplate:\n    pass\n"
+
+
+def test_a_script_broken_on_its_class_line_keeps_the_patterns_of_the_last_good_load(tmp_path):
+    unit_workspace(tmp_path)
+    (tmp_path / "dataset" / ".sinagot").mkdir(parents=True)
+    Workspace(tmp_path).layout.remember_patterns()  # as the daemon or `sinagot run` does
+    mean = write(tmp_path / "scripts" / "mean.py", BROKEN_CLASS_LINE)
+
+    step = Workspace(tmp_path).layout.steps(None, None)[1]
+
+    assert step.broken == f"{mean}, line 3: syntax error: invalid syntax"
+    assert [str(p) for p in step.inputs.patterns] == ["computed/{id}-count.csv"]
+    assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-mean.csv"]
+
+
+def test_computed_patterns_of_a_script_that_no_longer_parses_come_from_the_last_good_load(
+    tmp_path,
+):
+    unit_workspace(tmp_path)
+    (tmp_path / "dataset" / ".sinagot").mkdir(parents=True)
+    computed = script_source(*MEAN).replace(
+        "PATH_OUT = ('computed', '{id}-mean.csv')", "PATH_OUT = ('computed', '{id}-' + 'avg.csv')"
+    )
+    write(tmp_path / "scripts" / "mean.py", computed)
+    Workspace(tmp_path).layout.remember_patterns()
+    write(tmp_path / "scripts" / "mean.py", computed.replace("def run(self):", "def run(self)"))
+
+    step = Workspace(tmp_path).layout.steps(None, None)[1]
+
+    assert "line 8: syntax error" in step.broken
+    assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-avg.csv"]
+
+
+def test_patterns_edited_along_with_a_slip_are_taken_from_the_file_not_the_last_load(tmp_path):
+    unit_workspace(tmp_path)
+    (tmp_path / "dataset" / ".sinagot").mkdir(parents=True)
+    Workspace(tmp_path)
+    write(
+        tmp_path / "scripts" / "mean.py",
+        script_source(MEAN[0], ("computed", "{id}-median.csv")).replace("run(self):", "run(self)"),
+    )
+
+    step = Workspace(tmp_path).layout.steps(None, None)[1]
+
+    assert step.broken is not None
+    assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-median.csv"]
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        pytest.param("{not json", id="not-json"),
+        pytest.param('["a list"]', id="a-list"),
+        pytest.param(
+            '{"scripts": {"MEAN": {"PATH_IN": ["..", "x"], "PATH_OUT": ["/etc"]}}}', id="escaping"
+        ),
+        pytest.param('{"scripts": {"MEAN": {"PATH_IN": 3}}}', id="wrong-shape"),
+    ],
+)
+def test_a_damaged_pattern_cache_is_ignored_and_the_broken_script_refused_by_line(
+    tmp_path, load_fails, cache
+):
+    unit_workspace(tmp_path)
+    state = tmp_path / "dataset" / ".sinagot"
+    state.mkdir(parents=True)
+    mean = write(tmp_path / "scripts" / "mean.py", BROKEN_CLASS_LINE)
+    (state / "patterns.json").write_text(cache.replace("MEAN", str(mean)))
+
+    load_fails(tmp_path, f"{mean}, line 3: syntax error", "known neither", layout=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import sinagot
 from sinagot import RecordIdError, Workspace
 from sinagot.layout import Unit
 from sinagot.model import Record
-from sinagot.patterns import TEMP_PREFIX, Match, PathPattern, check_record_id
+from sinagot.patterns import TEMP_PREFIX, Match, PathPattern, check_linear, check_record_id
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example"
 
@@ -574,3 +575,74 @@ def test_units_for_path_maps_a_shared_file_to_every_task_using_it(eeg):
 )
 def test_units_for_path_ignores_unrelated_eeg_paths(eeg, relative):
     assert eeg.layout.units_for_path(relative) == []
+
+
+# -- bounded matching (RE2) ------------------------------------------------------------------
+
+BACKTRACKING = re.compile(r"REC-([a-z0-9]+-?)+")  # Python's re: 4**(n/2) steps to refuse
+CRAFTED = "REC-" + "a" * 26 + "!"  # seconds with Python's re; more with every character
+
+
+def test_a_name_crafted_to_backtrack_is_refused_at_once():
+    started = time.perf_counter()
+
+    assert RAW.compile(BACKTRACKING).match(f"raw/{CRAFTED}-raw.csv") is None
+    with pytest.raises(RecordIdError, match="does not match id_pattern"):
+        check_record_id(CRAFTED, BACKTRACKING)
+
+    assert time.perf_counter() - started < 0.5
+    assert RAW.compile(BACKTRACKING).match("raw/REC-a1-b2-raw.csv").record_id == "REC-a1-b2"
+
+
+def test_a_placeholder_twice_in_one_part_is_bounded_and_finds_the_copies_that_agree():
+    started = time.perf_counter()
+    twice = PathPattern.parse(("{id}_{id}.csv",)).compile(BACKTRACKING)
+    assert twice.match(f"{CRAFTED}_{CRAFTED}.csv") is None
+    assert PathPattern.parse(("{id}{id}",)).compile(ANYTHING).match("ab" * 120 + "x") is None
+    assert time.perf_counter() - started < 0.5
+    # RE2 has no backreference: its first split of '.0..0' is ('.0.', '0'); ('.0', '.0') agrees.
+    matcher = PathPattern.parse(("{id}.{id}",)).compile(LOOSE)
+    assert matcher.match(".0..0") == Match(".0", None, ".0..0")
+    assert matcher.match(".0..1") is None
+    assert twice.match("REC-a-1_REC-a-1.csv").record_id == "REC-a-1"
+
+
+def test_a_name_longer_than_any_file_system_holds_names_no_record():
+    assert RAW.compile(LOOSE).match("raw/" + "a" * 250 + "-raw.csv") is None  # 258 bytes
+    assert RAW.compile(LOOSE).match("raw/" + "a" * 240 + "-raw.csv").record_id == "a" * 240
+    with pytest.raises(RecordIdError, match="longer than 255 bytes"):
+        check_record_id("é" * 128, LOOSE)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        (r"REC-(?=\d)\w+", "no lookahead or lookbehind"),
+        (r"(?<!x)REC-\d+", "no lookahead or lookbehind"),
+        (r"(R)EC-\1", "no backreferences"),
+        (r"(?P<x>R)(?P=x)", "no backreferences"),
+        (r"REC-\d{,3}", "write {0,n}"),
+        (r"(?x) REC - \d+", "its flags are i, m, s and U"),
+    ],
+)
+def test_check_linear_says_why_an_id_pattern_cannot_be_matched_in_bounded_time(pattern, why):
+    message = check_linear(pattern)
+    assert message is not None
+    assert repr(pattern) in message and why in message and "linear" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"REC-[\d]{8}",  # README, harbor
+        r"REC-\d{6}-[A-Z]",  # eeg
+        r"[A-Za-z0-9][A-Za-z0-9_-]*",  # sinagot init
+        r"^REC-\d+$",
+        r"\AREC-\d+\Z",
+        r"(?i)rec-\d+",
+        BACKTRACKING.pattern,  # slow only with a backtracking engine
+    ],
+)
+def test_check_linear_accepts_the_id_patterns_in_use(pattern):
+    assert check_linear(pattern) is None

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from sinagot import StepStatus, Workspace
-from sinagot.layout import Scope
+from sinagot.layout import Patterns, Scope, StepSpec, Unit
+from sinagot.planner import PlanContext, plan_unit
 from sinagot.runner import run_step
 from sinagot.state import StateError
 
@@ -881,3 +882,95 @@ def test_a_store_of_the_previous_schema_is_upgraded_in_place(harbor: Path) -> No
     with contextlib.closing(sqlite3.connect(db_path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert sum(init_runs(harbor / "dataset").values()) == sum(runs.values()) + 3
+
+
+# -- a script that cannot be loaded (PlanContext.broken): planning alone, no files ----------
+
+SYNTAX = "line 3: syntax error: '(' was never closed"
+RAW_IN, ALPHA_OUT = ("raw", "{id}-raw.csv"), ("computed", "{id}-alpha.csv")
+
+
+def eeg_step(name: str, path_in: tuple[str, ...], path_out: tuple[str, ...]) -> StepSpec:
+    return StepSpec(
+        name=name,
+        modality="EEG",
+        script=Path("scripts", "EEG", f"{name}.py"),
+        inputs=Patterns.parse(path_in),
+        outputs=Patterns.parse(path_out),
+    )
+
+
+ALPHA = eeg_step("alpha", RAW_IN, ALPHA_OUT)
+BETA = eeg_step("beta", ALPHA_OUT, ("computed", "{id}-beta.csv"))
+GAMMA = eeg_step("gamma", RAW_IN, ("computed", "{id}-gamma.csv"))
+UNIT = Unit("REC-1", None, "EEG")
+
+
+def plan_with(
+    files: dict[str, tuple[int, int]], steps: list[StepSpec], **context: object
+) -> dict[str, tuple[StepStatus, tuple[str, ...], bool]]:
+    """plan_unit over these files ({path: (size, mtime)}), ALPHA's script broken."""
+    ctx = PlanContext(
+        lookup=files.get, runs={}, broken={ALPHA.script_key: SYNTAX}, **context
+    )  # fmt: skip
+    return {p.step.name: (p.status, p.reasons, p.run) for p in plan_unit(UNIT, steps, ctx)}
+
+
+def test_a_step_whose_script_cannot_be_loaded_keeps_its_status_and_waits() -> None:
+    plans = plan_with({"raw/REC-1-raw.csv": (10, SECOND)}, [ALPHA, BETA])
+
+    assert plans["alpha"] == (
+        StepStatus.DATA_READY,
+        (
+            f"script EEG/alpha.py cannot be loaded ({SYNTAX}); waits until it is fixed",
+            "output computed/REC-1-alpha.csv is missing",
+        ),
+        False,
+    )
+    status, reasons, run = plans["beta"]
+    assert (status, run) == (StepStatus.INIT, False)
+    assert reasons[0] == (
+        "waits for step alpha, which cannot run yet and would rewrite computed/REC-1-alpha.csv"
+    )
+
+
+def test_a_later_step_that_a_broken_step_would_make_stale_waits_too() -> None:
+    files = {
+        "raw/REC-1-raw.csv": (10, 3 * SECOND),  # newer than what alpha made from it
+        "computed/REC-1-alpha.csv": (10, 2 * SECOND),
+        "computed/REC-1-beta.csv": (10, 2 * SECOND),
+    }
+    plans = plan_with(files, [ALPHA, BETA])
+
+    assert plans["alpha"][0] is StepStatus.STALE and not plans["alpha"][2]
+    status, reasons, run = plans["beta"]
+    assert (status, run) == (StepStatus.STALE, False)
+    assert reasons == (
+        "waits for step alpha, which cannot run yet and would rewrite computed/REC-1-alpha.csv",
+        "earlier step alpha will write input computed/REC-1-alpha.csv",
+    )
+
+
+def test_a_broken_script_holds_back_its_own_steps_only() -> None:
+    plans = plan_with({"raw/REC-1-raw.csv": (10, SECOND)}, [ALPHA, GAMMA])
+
+    assert plans["alpha"][2] is False
+    assert plans["gamma"] == (
+        StepStatus.DATA_READY, ("output computed/REC-1-gamma.csv is missing",), True
+    )  # fmt: skip
+
+
+def test_a_broken_script_is_not_forced_to_run() -> None:
+    files = {"raw/REC-1-raw.csv": (10, SECOND), "computed/REC-1-alpha.csv": (10, 2 * SECOND)}
+    plans = plan_with(files, [ALPHA], force=True)
+
+    status, reasons, run = plans["alpha"]
+    assert (status, run) == (StepStatus.STALE, False)
+    assert reasons[0].startswith("script EEG/alpha.py cannot be loaded") and "forced" in reasons
+
+
+def test_an_up_to_date_step_with_a_broken_script_stays_done_and_quiet() -> None:
+    files = {"raw/REC-1-raw.csv": (10, SECOND), "computed/REC-1-alpha.csv": (10, 2 * SECOND)}
+    plans = plan_with(files, [ALPHA])
+
+    assert plans["alpha"] == (StepStatus.DONE, (), False)

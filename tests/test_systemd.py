@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 BIN = Path(sys.executable).parent
 needs_systemd_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
+    shutil.which("systemd-analyze") is None,
+    reason="THE UNITS WERE NOT CHECKED: systemd-analyze is not installed here",
 )
 
 
@@ -42,6 +43,35 @@ def test_unit_file_verifies(unit, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr.lower(), result.stderr
+
+
+#: The most `systemd-analyze security` may score each unit (0 safe .. 10 exposed). The
+#: daemon's is lower: it needs no more than loopback and its workspace.
+EXPOSURE_BUDGET = {
+    "sinagotd@.service": 2.5,
+    "dask-scheduler.service": 3.5,
+    "dask-worker@.service": 3.5,
+}
+
+
+def exposure(unit: Path) -> tuple[float, str]:
+    """The unit's overall exposure score, and the report that explains it."""
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    report = result.stdout + result.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report)
+    assert found, f"no score in the report:\n{report}"
+    return float(found.group(1)), report
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_unit_is_hardened_within_its_exposure_budget(unit, tmp_path):
+    score, report = exposure(installed(unit, tmp_path))
+    exposed = "\n".join(line for line in report.splitlines() if line.startswith("✗"))
+    assert score <= EXPOSURE_BUDGET[unit.name], f"{unit.name} scores {score}:\n{exposed}"
 
 
 def test_daemon_unit_has_what_a_service_needs():

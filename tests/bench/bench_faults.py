@@ -102,6 +102,10 @@ class Soak:
         self.rng = rng
         self.verbose = verbose
         self.lab = h.Lab.create(root, 4, settle=h.SETTLE, rescan=5.0, retry=0.5, grace=2.0)
+        # Unwritable outputs last up to a few seconds here: enough attempts to outlast them
+        # (the default, 3, gives a step up after about 1.5 s with retry = 0.5).
+        with self.lab.config.open("a") as config:
+            config.write("\n[run]\nmax_attempts = 12\n")
         self.next_record = 4
         self.tally = Tally()
         self.set_aside: set = set()  # (key, since) already reported

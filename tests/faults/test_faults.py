@@ -17,6 +17,7 @@ group, killed after the test.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -91,8 +92,8 @@ def test_sinagotd_killed_9_while_steps_run_then_restarted(make_lab):
             lambda: receipt_for(lab, finished_unheard, "count"), 30,
             f"the worker leaves a receipt for {finished_unheard}", lab.diagnosis,
         )  # fmt: skip
-        partial = lab.dataset / "computed" / f".sinagot-tmp-{killed}-count.csv"
-        assert partial.is_file() and partial.stat().st_size > 0, "no half-written temp output"
+        (partial,) = (lab.dataset / "computed").glob(f".sinagot-tmp-*-{killed}-count.csv")
+        assert partial.stat().st_size > 0, "no half-written temp output"
         first.kill()  # kill -9 of the process group: daemon, scheduler, nannies, workers
     lab.release()
     assert first.seen("step.finished", record_id=finished_unheard) == []
@@ -457,12 +458,15 @@ class NoBackoff(AssertionError):
     """The retries of a step that could not run do not back off."""
 
 
-def test_unwritable_output_folder_is_retried_with_backoff_then_runs_once(make_lab, tmp_path):
+def test_unwritable_output_folder_is_retried_with_backoff_then_given_up_until_forced(
+    make_lab, tmp_path
+):
     """`chattr +i dataset/computed` (root ignores permission bits, not the immutable flag):
     a new recording's steps cannot run. Each attempt is a step.failed naming the folder, the
-    next step is skipped, no output appears; retries wait at least retry_seconds (not a
-    loop) and should back off; once the flag is lifted the next retry runs each step once,
-    without anyone touching the input: the books balance.
+    next step is skipped, no output appears; retries wait at least retry_seconds and back
+    off; after `max_attempts` (3) the step is given up: ERROR in `sinagot status`, no more
+    retries. Once the flag is lifted, `sinagot run --force` (handed to the daemon) runs each
+    step once: the books balance.
 
     Only the backoff is expected to fail (NoBackoff, raised last); anything else is a real
     failure."""
@@ -478,22 +482,35 @@ def test_unwritable_output_folder_is_retried_with_backoff_then_runs_once(make_la
     lab.cleanups.append(lambda: chattr(computed, "-i"))
     mark = daemon.mark()
     blocked = lab.add([2])[0]
-    attempts = daemon.wait_count("step.failed", 4, since=mark, record_id=blocked, step="count")
+    attempts = daemon.wait_count("step.failed", 3, since=mark, record_id=blocked, step="count")
     assert "not writable" in attempts[0]["error"] and str(computed) in attempts[0]["error"]
     daemon.wait_for("step.skipped", since=mark, record_id=blocked, step="mean")
+    gave_up = daemon.wait_for("step.gave_up", since=mark, record_id=blocked, step="count")
+    assert gave_up["attempts"] == 3 and str(computed) in gave_up["error"]
     assert not lab.output(blocked, "count").exists()
-    times = [epoch(e["timestamp"]) for e in attempts[:4]]
+    times = [epoch(e["timestamp"]) for e in attempts[:3]]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= retry * 0.9, f"retried in a loop: {gaps}"
+    wait_until(daemon.idle, 30, "the daemon idle after giving up", daemon.diagnosis)
+    assert len(daemon.seen("step.failed", since=mark, record_id=blocked, step="count")) == 3
 
     chattr(computed, "-i")
-    blocked_until = time.time()
+    status = run_cli("status", str(lab.ws), "--record", blocked, "--json")
+    (count,) = [s for s in json.loads(status.stdout) if s["step"] == "count"]
+    assert count["status"] == "ERROR" and "gave up after 3 attempts" in count["reasons"][0]
+    forced = run_cli("run", str(lab.ws), "--record", blocked, "--force")
+    assert forced.returncode == 0, forced.stderr
     books = lab.settle(timeout=60)
     assert books.runs[(blocked, "count")] == books.runs[(blocked, "mean")] == 1
-    failures = daemon.seen("step.failed", since=mark, record_id=blocked)
-    assert all(epoch(e["timestamp"]) <= blocked_until for e in failures)
-    if not gaps[2] >= 1.5 * gaps[0]:
+    if not gaps[1] >= 1.5 * gaps[0]:
         raise NoBackoff(f"gaps between attempts (s): {[round(g, 2) for g in gaps]}")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sinagot.cli", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def test_directory_in_the_way_fails_the_step_once_until_fixed(make_lab):
