@@ -25,6 +25,7 @@ from pathlib import Path
 from . import scaffold
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope
+from .patterns import PathProblem
 from .planner import StepPlan
 from .requests import RequestError, RunRequest, ask
 from .runner import StepResult
@@ -140,12 +141,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _select(ws: Workspace, args: argparse.Namespace) -> tuple[Scope, list]:
+    """The scope and units the arguments name. Dataset entries that discovery could not
+    read (a folder it cannot list, a name that is not UTF-8) are said on stderr, one line
+    each: a record missing from the table is never silent."""
     try:
         scope = ws.layout.scope(args.task, args.modality)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     ids = None if not args.record else [ws.check_id(r) for r in args.record]
-    return scope, ws.units(scope, ids)
+    problems: list[PathProblem] = []
+    units = ws.units(scope, ids, problems)
+    for problem in dict.fromkeys(problems):
+        print(f"sinagot: {problem.path}: {problem.error}", file=sys.stderr)
+    return scope, units
 
 
 # -- init ---------------------------------------------------------------------------------

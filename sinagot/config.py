@@ -36,7 +36,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from .errors import ConfigError
-from .patterns import embeddable
+from .patterns import check_linear, embeddable
 
 DEFAULT_FILE = "workspace.toml"
 RUN_MODES = ("main_process", "dask")
@@ -298,6 +298,8 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         id_regex = re.compile(pattern)
     except re.error as exc:
         raise r.error(("records", "id_pattern"), f"invalid regex {pattern!r}: {exc}") from None
+    if (why := check_linear(pattern)) is not None:  # file names are matched in linear time
+        raise r.error(("records", "id_pattern"), why)
     try:  # it is embedded in each path pattern's regex: it must still compile there
         re.compile(f"(?P<id>{embeddable(pattern)})(?P<task>x)")
     except re.error as exc:

@@ -178,6 +178,15 @@ def stat_path(path: str) -> Fingerprint | None:
     return _fingerprint(path, path)
 
 
+def stat_known(path: str) -> Fingerprint | None:
+    """`stat_path`, with a path that cannot be read taken as missing: for recording what a
+    refused or failed run saw, where the planner reports the reason anyway."""
+    try:
+        return _fingerprint(path, path)
+    except PathUnreadable:
+        return None
+
+
 class DirectStat:
     """Fingerprints of dataset-relative paths, one stat each: for planning a few units
     without touching the rest of the dataset."""

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from .config import Config
 from .errors import ConfigError, ScriptError
-from .patterns import Matcher, PathPattern
+from .patterns import Matcher, PathPattern, PathProblem
 from .scripts import read_patterns
 
 
@@ -349,14 +349,15 @@ class Layout:
                     found[(pattern, task)][1].add(key)
         return list(found.values())
 
-    def discover(self, scope: Scope) -> Iterator[str]:
-        """Record IDs that have first-step inputs in this scope, in file-system order, once each."""
+    def discover(self, scope: Scope, problems: list[PathProblem] | None = None) -> Iterator[str]:
+        """Record IDs that have first-step inputs in this scope, in file-system order, once
+        each; entries that cannot be read are added to `problems`, if given."""
         seen: set[str] = set()
         keys = set(self.unit_keys(scope))
         for matcher, served in self._discovery:
             if not keys & served:
                 continue
-            for record_id in matcher.record_ids(self.config.dataset):
+            for record_id in matcher.record_ids(self.config.dataset, problems):
                 if record_id not in seen:
                     seen.add(record_id)
                     yield record_id

@@ -36,7 +36,7 @@ from .fingerprints import (
     encode_fingerprints,
 )
 from .layout import StepSpec, Unit
-from .patterns import PathPattern
+from .patterns import PathPattern, PathProblem
 from .state import RunRecord, run_key
 from .status import StepStatus
 
@@ -51,6 +51,7 @@ class PlanContext:
     hasher: Callable[[str], str] | None = None  # content hash of a relative path, if asked
     live_writer: bool = False  # another live process is running the submitted steps
     broken: Mapping[str, str] | None = None  # script_key -> one line: why it cannot be loaded
+    problems: list[PathProblem] | None = None  # paths found unreadable are added here
     force: bool = False
     only: str | None = None  # run just this step
 
@@ -84,6 +85,8 @@ def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[S
         except PathUnreadable as exc:
             which = "output" if exc.path in outs else "input"
             status, reasons = StepStatus.ERROR, [f"{which} {exc.path} cannot be read: {exc.error}"]
+            if ctx.problems is not None:
+                ctx.problems.append(exc.problem)
         run = (
             status in (StepStatus.DATA_READY, StepStatus.STALE)
             or (status is StepStatus.INIT and any(rel in will_write for rel in ins))

@@ -83,9 +83,15 @@ from pathlib import Path
 from typing import Any
 
 from .capture import output_to
-from .fingerprints import Fingerprint, content_hash, encode_fingerprints, stat_path
+from .fingerprints import (
+    Fingerprint,
+    content_hash,
+    encode_fingerprints,
+    stat_known,
+    stat_path,
+)
 from .layout import StepSpec, Unit
-from .patterns import TEMP_PREFIX
+from .patterns import TEMP_PREFIX, PathUnreadable
 from .recordlog import PathRefused, RecordLog, WriteError, inside_dataset, open_regular
 from .scripts import ScriptPaths, code_hash, load_script
 from .status import StepStatus
@@ -354,7 +360,7 @@ def _unrun(job: StepJob, outcome: Outcome, error: str) -> StepResult:
     are, so that a failure stays failed until one of them changes, as any failure does."""
     now = time.time()
     inputs = encode_fingerprints(
-        job.inputs, [stat_path(os.path.join(job.dataset, rel)) for rel in job.inputs]
+        job.inputs, [stat_known(os.path.join(job.dataset, rel)) for rel in job.inputs]
     )
     return StepResult(
         job.unit, job.spec.name, outcome, now, now, error, inputs=inputs,
@@ -510,17 +516,22 @@ class _Run:
             return self._given_up()
         log.write(StepStatus.INIT, "Init run")
         fingerprints: list[Fingerprint] = []
-        for rel, path in zip(job.inputs, self.in_paths, strict=True):
-            fp = stat_path(path)
-            if fp is None:
-                message = f"input {rel} is missing"
-                log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
-                return self.finish(Outcome.NOT_RUN, message)
-            fingerprints.append(fp)
-        self.ran["inputs"] = encode_fingerprints(job.inputs, fingerprints)
-        if job.hash_inputs:
-            pairs = zip(job.inputs, self.in_paths, strict=True)
-            self.ran["input_hashes"] = json.dumps({rel: content_hash(p) for rel, p in pairs})
+        try:
+            for rel, path in zip(job.inputs, self.in_paths, strict=True):
+                fp = stat_path(path)
+                if fp is None:
+                    message = f"input {rel} is missing"
+                    log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
+                    return self.finish(Outcome.NOT_RUN, message)
+                fingerprints.append(fp)
+            self.ran["inputs"] = encode_fingerprints(job.inputs, fingerprints)
+            if job.hash_inputs:
+                pairs = zip(job.inputs, self.in_paths, strict=True)
+                self.ran["input_hashes"] = json.dumps({rel: content_hash(p) for rel, p in pairs})
+        except PathUnreadable as exc:
+            message = f"input {os.path.relpath(exc.path, job.dataset)} cannot be read: {exc.error}"
+            log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
+            return self.finish(Outcome.NOT_RUN, message)
         try:
             try:
                 self.deadline.start()
@@ -578,7 +589,7 @@ class _Run:
             error = one_line(exc)
             log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
             return self.finish(Outcome.FAILED, error, **self.ran)
-        outputs = encode_fingerprints(job.outputs, [stat_path(p) for p in self.finals])
+        outputs = encode_fingerprints(job.outputs, [stat_known(p) for p in self.finals])
         log.write(StepStatus.DONE, "Run finished")
         return self.finish(Outcome.DONE, outputs=outputs, **self.ran)
 
@@ -607,7 +618,7 @@ class _Run:
         """The attempts at this run all died: a FAILED result, without a new one."""
         deaths = len(self.attempt.dead)
         self.ran = {
-            "inputs": encode_fingerprints(self.job.inputs, [stat_path(p) for p in self.in_paths]),
+            "inputs": encode_fingerprints(self.job.inputs, [stat_known(p) for p in self.in_paths]),
             "code_hash": _script_hash(self.job.spec),
         }
         error = f"the step's process died {deaths} time{'s' * (deaths != 1)} while running it"

@@ -26,11 +26,11 @@ from .fingerprints import (
     Lookup,
     content_hash,
     encode_fingerprints,
-    stat_path,
+    stat_known,
 )
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
-from .patterns import check_record_id
+from .patterns import PathProblem, check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
 from .recordlog import LOG_FOLDER, inside_dataset
 from .runner import Outcome, StepJob, StepResult, one_line, read_receipt, receipt_name
@@ -124,9 +124,15 @@ class Workspace:
     def check_id(self, record_id: str) -> str:
         return check_record_id(record_id, self.config.id_regex)
 
-    def units(self, scope: Scope, record_ids: Iterable[str] | None = None) -> list[Unit]:
-        """The units of these records (all discovered ones by default) inside a scope."""
-        ids = self.layout.discover(scope) if record_ids is None else record_ids
+    def units(
+        self,
+        scope: Scope,
+        record_ids: Iterable[str] | None = None,
+        problems: list[PathProblem] | None = None,
+    ) -> list[Unit]:
+        """The units of these records (all discovered ones by default) inside a scope.
+        Dataset entries that discovery could not read are added to `problems`, if given."""
+        ids = self.layout.discover(scope, problems) if record_ids is None else record_ids
         keys = self.layout.unit_keys(scope)
         return [Unit(rid, task, mod) for rid in ids for task, mod in keys]
 
@@ -137,9 +143,11 @@ class Workspace:
         force: bool = False,
         only: str | None = None,
         stale_only: bool = False,
+        problems: list[PathProblem] | None = None,
     ) -> list[StepPlan]:
         """Plan these units: every step of each (or only those that run, with `stale_only`),
-        with its status and reasons. Reads only.
+        with its status and reasons. Reads only. Paths found unreadable (their steps are
+        ERROR) are also added to `problems`, if given.
 
         Many units: folders are listed once, and units are first checked against the store's
         settled signatures; only those that differ are planned rule by rule.
@@ -185,6 +193,7 @@ class Workspace:
             else None,
             live_writer=not self.lock.held and self.lock.holder() is not None,
             broken=broken,
+            problems=problems,
             force=force,
             only=only,
         )
@@ -261,7 +270,7 @@ class Workspace:
         (its worker died, its outputs could not be written): kept with what its inputs and
         script are now, so that it waits, as a failed step does, until one of them changes
         or the user forces it."""
-        fingerprints = [stat_path(os.path.join(job.dataset, rel)) for rel in job.inputs]
+        fingerprints = [stat_known(os.path.join(job.dataset, rel)) for rel in job.inputs]
         digest, _ = check_script(job.spec.script)
         now = time.time()
         return StepResult(

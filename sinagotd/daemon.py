@@ -23,6 +23,7 @@ from sinagot.cluster import ClusterError, Connection, connect, resolve_address
 from sinagot.errors import ConfigError, SinagotError
 from sinagot.execute import DaskExecutor, Submitted, newest_input
 from sinagot.layout import Scope, Unit
+from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
 from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
@@ -94,6 +95,7 @@ class Daemon:
         self.lost_generations: dict[Unit, str] = {}  # in flight when the cluster was lost
         self.failed_steps = 0
         self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
+        self.unreadable: dict[str, str] = {}  # dataset path -> why it cannot be read (reported)
         self.attempts: dict[Unit, int] = {}  # runs of a unit that could not run, in a row
         self.stops = 0
         self.reload_requested = False
@@ -342,19 +344,35 @@ class Daemon:
         self._recovered(
             self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
         )
-        units = self.ws.units(Scope())
+        problems: list[PathProblem] = []
+        units = self.ws.units(Scope(), problems=problems)
         free = [u for u in units if u not in self.in_flight]
         self.dirty.update(u for u in units if u in self.in_flight)
-        stale = self._queue(self.ws.plan(free, stale_only=True))
+        stale = self._queue(self.ws.plan(free, stale_only=True, problems=problems))
+        self._path_problems(problems, everything=True)
         self._fill()
         return len(units), stale
+
+    def _path_problems(self, problems: list[PathProblem], everything: bool = False) -> None:
+        """One `path.error` per dataset path that cannot be read, until its error changes
+        (rescans find it again). After a full scan, paths no longer found are forgotten."""
+        found = {p.path: p.error for p in problems}
+        for path, error in found.items():
+            if self.unreadable.get(path) != error:
+                self._say("path.error", self.log.warning, key=path, path=path, error=error)
+        if everything:
+            self.unreadable = found
+        else:
+            self.unreadable.update(found)
 
     def replan(self, units: Sequence[Unit]) -> None:
         busy = [u for u in units if u in self.in_flight]
         self.dirty.update(busy)
         free = [u for u in units if u not in self.in_flight]
         if free:
-            self._queue(self.ws.plan(free, stale_only=True), replanned=free)
+            problems: list[PathProblem] = []
+            self._queue(self.ws.plan(free, stale_only=True, problems=problems), replanned=free)
+            self._path_problems(problems)
             self._fill()
 
     def _queue(self, plans: list[StepPlan], replanned: Sequence[Unit] = ()) -> int:

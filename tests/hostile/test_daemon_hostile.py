@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,32 @@ def test_a_full_disk_under_the_state_store_pauses_then_resumes(make_lab, tiny_fs
     wait_until(lambda: daemon.idle(), 60, "daemon idle", daemon.diagnosis)
     lab.settle()
     still_processing(lab, daemon)
+
+
+def test_a_recording_that_is_a_link_to_itself_is_one_path_error_and_the_rest_runs(
+    make_lab, outside
+):
+    """`ln -s REC-X-raw.csv raw/REC-X-raw.csv` used to kill the daemon at startup or
+    mid-run. Now: one `path.error` naming it (not one per rescan), ERROR with the reason in
+    `sinagot status`, every other record processed. A recording that is a link to a folder
+    outside is not followed."""
+    lab = make_lab(2)
+    loop = lab.raw("REC-00000077")
+    loop.symlink_to(loop.name)
+    (lab.dataset / "raw" / "REC-00000078-raw.csv").symlink_to(outside.root)
+    daemon = lab.daemon()
+    event = daemon.wait_for("path.error", timeout=60, path="raw/REC-00000077-raw.csv")
+    assert "loop" in event["error"]
+    daemon.wait_for("path.error", timeout=60, path="raw/REC-00000078-raw.csv")
+    daemon.wait_for("daemon.idle", timeout=60)
+    for _ in range(2):  # each reload rescans the whole workspace
+        mark = daemon.mark()
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("config.reloaded", since=mark, timeout=30)
+    still_processing(lab, daemon)
+    assert len(daemon.seen("path.error", path="raw/REC-00000077-raw.csv")) == 1
+    rows = {(s["record_id"], s["step"]): s for s in status(lab)}
+    assert rows[("REC-00000077", "count")]["status"] == "ERROR"
+    assert "symbolic link loop" in rows[("REC-00000077", "count")]["reasons"][0]
+    assert rows[("REC-00000078", "count")]["status"] == "ERROR"
+    assert all(s["status"] == "DONE" for (rid, _), s in rows.items() if rid in lab.ids()[:2])
