@@ -241,3 +241,36 @@ def test_a_recording_that_is_a_link_to_itself_is_one_path_error_and_the_rest_run
     assert "symbolic link loop" in rows[("REC-00000077", "count")]["reasons"][0]
     assert rows[("REC-00000078", "count")]["status"] == "ERROR"
     assert all(s["status"] == "DONE" for (rid, _), s in rows.items() if rid in lab.ids()[:2])
+
+
+SLEEPER = """
+import time
+from sinagot import ScriptTemplate
+
+class Script(ScriptTemplate):
+    PATH_IN = ("raw", "{id}-raw.csv")
+    PATH_OUT = ("computed", "{id}-count.csv")
+
+    def run(self):
+        if self.id.endswith("5"):
+            while True:  # a step that never ends
+                time.sleep(0.05)
+        self.path.output.write_text("ok")
+"""
+
+
+def test_a_step_that_never_ends_is_stopped_at_its_time_limit(make_lab):
+    """An infinite loop used to stay in flight forever. With `[run] time_limit`, it fails
+    with the reason, its worker is replaced, and the rest goes on."""
+    lab = make_lab(1)
+    (lab.ws / "scripts" / "count.py").write_text(SLEEPER)
+    lab.config.write_text(lab.base_config + "\n[run]\ntime_limit = 2\n")
+    daemon = lab.daemon()
+    daemon.wait_for("daemon.idle", timeout=90)
+    mark = daemon.mark()
+    (looping,) = lab.add([5])
+    failed = daemon.wait_for("step.failed", since=mark, timeout=90, record_id=looping)
+    assert failed["step"] == "count" and "time limit of 2 s exceeded" in failed["error"]
+    (count,) = [s for s in status(lab) if s["record_id"] == looping and s["step"] == "count"]
+    assert count["status"] == "ERROR"
+    still_processing(lab, daemon, number=6)
