@@ -48,9 +48,9 @@ KNOWN_TABLES = (
 #: (tests/test_config.py checks this list against the real objects).
 RESERVED_NAMES = frozenset(
     {"all", "broken_scripts", "check_folders", "check_id", "close", "config", "count", "dataset",
-     "execute", "executor", "first", "forget", "generation", "get", "give_up", "has", "head",
+     "execute", "executor", "first", "forget", "generation", "get", "has", "head",
      "id", "ids", "ingest_receipts", "iter_ids", "job", "layout", "lock", "logs", "modality",
-     "plan", "receipts", "record", "records", "run", "scope", "scripts_now", "status", "steps",
+     "plan", "receipts", "record", "records", "run", "scope", "status", "steps",
      "store", "task", "units", "verbose", "writing"}
 )  # fmt: skip
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")

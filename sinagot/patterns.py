@@ -500,7 +500,7 @@ class Matcher:
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:
-            _note(problems, "/".join(folders), f"cannot list the folder: {os_reason(exc)}")
+            _note(problems, "/".join(folders) or ".", f"cannot list the folder: {os_reason(exc)}")
             return
         match, check = last._match, self._check_id
         ((_, index),) = last._fields

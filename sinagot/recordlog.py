@@ -82,6 +82,8 @@ def _through_folders(dataset: str, folder: str) -> bool:
                 return False
         except (FileNotFoundError, NotADirectoryError):
             return True
+        except OSError:  # cannot look (no search permission): let the real path decide
+            return False
     return True
 
 

@@ -313,7 +313,7 @@ class _Handler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True  # a stuck client never delays the daemon's exit
     block_on_close = False
-    request_queue_size = MAX_CLIENTS
+    request_queue_size = MAX_CLIENTS  # the listen backlog; `max_clients` caps those served
 
     def __init__(self, address: str, owner: RequestServer) -> None:
         self.owner = owner

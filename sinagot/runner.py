@@ -93,7 +93,7 @@ from .fingerprints import (
 from .layout import StepSpec, Unit
 from .patterns import TEMP_PREFIX, PathUnreadable
 from .recordlog import PathRefused, RecordLog, WriteError, inside_dataset, open_regular
-from .scripts import ScriptPaths, code_hash, load_script
+from .scripts import ScriptPaths, check_script, load_script
 from .status import StepStatus
 
 #: How a Dask worker's process ends when a step ran past its time limit (as `timeout`'s).
@@ -298,9 +298,9 @@ def run_step(job: StepJob) -> StepResult:
     try:
         fd = _open_receipt(job.dataset, job.receipts, path)
     except PathRefused as exc:
-        return _unrun(job, Outcome.FAILED, str(exc))
+        return refused_result(job, Outcome.FAILED, str(exc))
     except WriteError as exc:
-        return _unrun(job, Outcome.NOT_RUN, str(exc))
+        return refused_result(job, Outcome.NOT_RUN, str(exc))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         earlier = _read_receipt(fd)
@@ -355,7 +355,7 @@ def _open_receipt(dataset: str, folder: str, path: str) -> int:
         raise WriteError(f"cannot write receipt {path}: {exc.strerror or exc}") from None
 
 
-def _unrun(job: StepJob, outcome: Outcome, error: str) -> StepResult:
+def refused_result(job: StepJob, outcome: Outcome, error: str) -> StepResult:
     """A result for a step refused before it started: with its inputs and script as they
     are, so that a failure stays failed until one of them changes, as any failure does."""
     now = time.time()
@@ -369,10 +369,7 @@ def _unrun(job: StepJob, outcome: Outcome, error: str) -> StepResult:
 
 
 def _script_hash(spec: StepSpec) -> str | None:
-    try:
-        return code_hash(spec.script.read_bytes())
-    except OSError:
-        return None
+    return check_script(spec.script)[0]
 
 
 def _run(job: StepJob, attempt: _Attempt) -> StepResult:
@@ -384,9 +381,9 @@ def _run(job: StepJob, attempt: _Attempt) -> StepResult:
     try:
         log.__enter__()
     except PathRefused as exc:
-        return _unrun(job, Outcome.FAILED, str(exc))
+        return refused_result(job, Outcome.FAILED, str(exc))
     except WriteError as exc:
-        return _unrun(job, Outcome.NOT_RUN, str(exc))
+        return refused_result(job, Outcome.NOT_RUN, str(exc))
     try:
         return _Run(job, log, attempt).run()
     finally:
@@ -711,15 +708,17 @@ def _replace(temp: str, final: str) -> None:
 
 
 def _remove(paths: tuple[str, ...]) -> None:
+    """Remove temporary outputs, best effort: what cannot be reached or removed stays under
+    its hidden name, which nothing takes for a result."""
     for path in paths:
         try:
             st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:
             continue  # the common case: nothing there, found with one system call
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(path)
 
 

@@ -11,7 +11,6 @@ import errno
 import fcntl
 import os
 import stat
-import time
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,15 +24,13 @@ from .fingerprints import (
     DirectStat,
     Lookup,
     content_hash,
-    encode_fingerprints,
-    stat_known,
 )
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import PathProblem, check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
 from .recordlog import LOG_FOLDER, inside_dataset
-from .runner import Outcome, StepJob, StepResult, one_line, read_receipt, receipt_name
+from .runner import StepJob, StepResult, one_line, read_receipt, receipt_name
 from .scripts import check_script
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
 
@@ -156,7 +153,7 @@ class Workspace:
         many = len(units) > _LISTING_THRESHOLD
         listing = DirectoryListing(dataset) if many else None
         lookup: Lookup = listing if listing is not None else DirectStat(dataset)
-        scripts = self.scripts_now()
+        scripts = self._scripts_now()
         broken = {key: error for key, (_, error) in scripts.items() if error}
         code_hashes = (
             {key: digest for key, (digest, _) in scripts.items() if digest}
@@ -202,7 +199,7 @@ class Workspace:
             done[position] = [p for p in plans if p.run] if stale_only else plans
         return [plan for position in sorted(done) for plan in done[position]]
 
-    def scripts_now(self) -> dict[str, tuple[str | None, str | None]]:
+    def _scripts_now(self) -> dict[str, tuple[str | None, str | None]]:
         """Each step script as it is now: script path -> (code hash, why it cannot be
         loaded). A script with a syntax error is found here, by compiling it (cached by
         its bytes), so that its steps wait instead of failing record by record."""
@@ -215,7 +212,7 @@ class Workspace:
 
     def broken_scripts(self) -> dict[str, str]:
         """Script path -> one line saying why it cannot be loaded, for the broken ones."""
-        return {key: error for key, (_, error) in self.scripts_now().items() if error}
+        return {key: error for key, (_, error) in self._scripts_now().items() if error}
 
     def _pending_receipts(self) -> dict[str, RunRecord]:
         """Results that workers reported but no writer recorded yet (its process died)."""
@@ -265,20 +262,6 @@ class Workspace:
             attempts=self.config.max_attempts,
         )
 
-    def give_up(self, job: StepJob, error: str) -> StepResult:
-        """A failure recorded for a step that could not be run however often it was tried
-        (its worker died, its outputs could not be written): kept with what its inputs and
-        script are now, so that it waits, as a failed step does, until one of them changes
-        or the user forces it."""
-        fingerprints = [stat_known(os.path.join(job.dataset, rel)) for rel in job.inputs]
-        digest, _ = check_script(job.spec.script)
-        now = time.time()
-        return StepResult(
-            job.unit, job.spec.name, Outcome.FAILED, now, now, error,
-            inputs=encode_fingerprints(job.inputs, fingerprints), code_hash=digest,
-            run_id=job.run_id,
-        )  # fmt: skip
-
     # -- writing: the holder of the writer lock only ----------------------------------------
 
     @contextlib.contextmanager
@@ -327,7 +310,9 @@ class Workspace:
         """Drop the receipts of recorded runs whose whole unit has landed."""
         for result in results:
             if result.run_id and result.state is not None:
-                with contextlib.suppress(FileNotFoundError):
+                # Left behind (a read-only folder), it is dropped at the next ingest: the
+                # store holds its result by then.
+                with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.receipts, receipt_name(result.run_id)))
 
     def _ingest_if_free(self) -> None:
@@ -422,8 +407,9 @@ def _load_receipt(path: str) -> StepResult | None:
     except FileNotFoundError:
         return None  # ingested or dropped meanwhile
     except OSError as exc:
-        why = "a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
-        raise ValueError(why) from None
+        if exc.errno == errno.ELOOP:
+            raise ValueError("a symbolic link") from None
+        return None  # out of descriptors, I/O error, ...: not the receipt's fault; next pass
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -27,7 +27,7 @@ from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
 from sinagot.recordlog import LOG_FOLDER
 from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
-from sinagot.runner import Outcome, StepResult, one_line
+from sinagot.runner import Outcome, StepResult, one_line, refused_result
 from sinagot.state import StateError
 from sinagot.workspace import Workspace
 
@@ -96,6 +96,8 @@ class Daemon:
         self.failed_steps = 0
         self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
         self.unreadable: dict[str, str] = {}  # dataset path -> why it cannot be read (reported)
+        self.unrecorded: set[str] = set()  # runs announced whose results the store refused
+        self.later: dict[Unit, tuple[bool, str | None]] = {}  # busy unit -> (force, step) asked
         self.attempts: dict[Unit, int] = {}  # runs of a unit that could not run, in a row
         self.stops = 0
         self.reload_requested = False
@@ -104,8 +106,8 @@ class Daemon:
         self._reconnect_at: float | None = None
         self._reconcile_due = False
         self._reconnect_backoff = 1.0
-        self._store_retry_at: float | None = None  # a store write failed: retry then
-        self._store_backoff = 1.0
+        self._paused_until: float | None = None  # a store write failed: retry then
+        self._pause_backoff = 1.0
         self.throttle = Throttle(1.0)
         self.watcher: Watcher | None = None
         self.connection: Connection | None = None
@@ -195,6 +197,7 @@ class Daemon:
                     self._store_failed(exc)
                 except Exception as exc:  # the daemon outlives what it reads: say, resync
                     self._loop_failed(exc)
+                self._ping()
                 if self.options.once and self._is_idle():
                     break
             return self.shutdown()
@@ -208,6 +211,13 @@ class Daemon:
         if held is not None:
             emit(event, **fields, **({"held_back": held} if held else {}))
 
+    def _ping(self) -> None:
+        """systemd's watchdog: the loop turns, even if its passes fail."""
+        now = self.clock()
+        if self.notifier.watchdog_interval and now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + self.notifier.watchdog_interval
+
     def _store_failed(self, exc: StateError) -> None:
         """The state store refused a write (disk full, read-only): nothing is submitted
         until a retry, with backoff; results stay in their receipts meanwhile."""
@@ -219,9 +229,9 @@ class Daemon:
         self._pause(self.log.exception, "daemon.error", error=one_line(exc))
 
     def _pause(self, emit: Callable[..., object], event: str, **fields: object) -> None:
-        self._say(event, emit, retry_in_s=self._store_backoff, **fields)
-        self._store_retry_at = self.clock() + self._store_backoff
-        self._store_backoff = min(self._store_backoff * 2, 60.0)
+        self._say(event, emit, retry_in_s=self._pause_backoff, **fields)
+        self._paused_until = self.clock() + self._pause_backoff
+        self._pause_backoff = min(self._pause_backoff * 2, 60.0)
 
     def _step(self) -> None:
         try:
@@ -229,17 +239,19 @@ class Daemon:
         except queue.Empty:
             message = None
         ended: list[StepEnded] = []
-        while message is not None:
-            if isinstance(message, StepEnded):
-                ended.append(message)
-            else:
-                self._handle(message)
-            try:
-                message = self.messages.get_nowait()
-            except queue.Empty:
-                message = None
-        if ended:
-            self._ended(ended)
+        try:
+            while message is not None:
+                if isinstance(message, StepEnded):
+                    ended.append(message)
+                else:
+                    self._handle(message)
+                try:
+                    message = self.messages.get_nowait()
+                except queue.Empty:
+                    message = None
+        finally:  # taken off the queue: whatever else fails, these flights land
+            if ended:
+                self._ended(ended)
         self._timers()
 
     def _handle(self, message: object) -> None:
@@ -252,7 +264,7 @@ class Daemon:
                 finally:
                     message.answer(reply)
         elif isinstance(message, RequestRefused):
-            self.log.warning("run.refused", error=message.error, **_who(message.peer))
+            self._refused(message.peer, message.error)
         elif isinstance(message, PathChanged):
             self._path_changed(message.path, now)
         elif isinstance(message, WatchError):
@@ -298,13 +310,14 @@ class Daemon:
                 self.attempts.pop(unit, None)
             self.replan(units)
         for unit, when in list(self.retry_at.items()):
-            if now >= when and unit not in self.in_flight:
+            if now >= when and unit not in self.in_flight and self._paused_until is None:
                 self.replan([unit])
-        if self._store_retry_at is not None and now >= self._store_retry_at:
-            self._store_retry_at = None
+        if self._paused_until is not None and now >= self._paused_until:
+            self._paused_until = None
             self._reconcile_due = True
-        if self._reconcile_due and self._store_retry_at is None:
+        if self._reconcile_due and self._paused_until is None:
             self.reconcile()
+            self._pause_backoff = 1.0  # the store answered: the next fault waits 1 s again
         if self.watcher is not None and not self.watcher.alive():
             self.log.warning("watch.error", error="the file-system observer stopped; restarting")
             self.watcher.restart()
@@ -313,9 +326,6 @@ class Daemon:
             self._next_rescan = now + self.settings.rescan_seconds
             self.reconcile()
         self._check_cluster(now)
-        if self.notifier.watchdog_interval and now >= self._next_ping:
-            self.notifier.watchdog()
-            self._next_ping = now + self.notifier.watchdog_interval
         if self._is_idle() and not self._idle:
             self._idle = True
             self.log.info("daemon.idle")
@@ -365,13 +375,14 @@ class Daemon:
         else:
             self.unreadable.update(found)
 
-    def replan(self, units: Sequence[Unit]) -> None:
+    def replan(self, units: Sequence[Unit], force: bool = False, only: str | None = None) -> None:
         busy = [u for u in units if u in self.in_flight]
         self.dirty.update(busy)
         free = [u for u in units if u not in self.in_flight]
         if free:
             problems: list[PathProblem] = []
-            self._queue(self.ws.plan(free, stale_only=True, problems=problems), replanned=free)
+            plans = self.ws.plan(free, stale_only=True, force=force, only=only, problems=problems)
+            self._queue(plans, replanned=free)
             self._path_problems(problems)
             self._fill()
 
@@ -392,7 +403,7 @@ class Daemon:
         return len(by_unit)
 
     def _fill(self) -> None:
-        if self.stops or self._reconnect_at is not None or self._store_retry_at is not None:
+        if self.stops or self._reconnect_at is not None or self._paused_until is not None:
             return
         batch: dict[Unit, list[StepPlan]] = {}
         room = self.ws.config.dask.max_in_flight - len(self.in_flight)
@@ -423,7 +434,7 @@ class Daemon:
                 self._requeue(unit, plans)
             self._store_failed(exc)
             return
-        self._store_backoff = 1.0
+        self._pause_backoff = 1.0
         for unit in batch:
             self.lost_generations.pop(unit, None)
         ended = self.messages.put
@@ -469,6 +480,8 @@ class Daemon:
                 self._report(result)
             flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
         recorded = self._record(results)  # recorded before any receipt is dropped
+        if not recorded:  # announced already: not again when their receipts are ingested
+            self.unrecorded.update(r.run_id for r in results if r.run_id)
         landed = {s.unit: self.in_flight[s.unit] for s, _ in current if s.ended}
         for unit, flight in landed.items():
             self._landed(unit, flight, recorded)
@@ -491,9 +504,11 @@ class Daemon:
     def _recovered(self, results: list[StepResult]) -> None:
         """Runs that finished while nobody listened (receipts): announced now (and so a
         `daemon.idle` follows them)."""
-        for result in results:
+        fresh = [r for r in results if r.run_id not in self.unrecorded]
+        self.unrecorded.difference_update(r.run_id for r in results)
+        for result in fresh:
             self._report(result, recovered=True)
-        if results:
+        if fresh:
             self._idle = False
 
     def _report(self, result: StepResult, **extra: object) -> None:
@@ -514,6 +529,7 @@ class Daemon:
             self.lost_generations[unit] = flight.generation
             return
         if not recorded:  # its receipts stay, for the reconcile after the store's retry
+            self.dirty.discard(unit)
             return
         self.ws.forget(flight.results)
         if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
@@ -530,7 +546,8 @@ class Daemon:
             self.attempts.pop(unit, None)
         if unit in self.dirty:
             self.dirty.discard(unit)
-            self.replan([unit])
+            force, only = self.later.pop(unit, (False, None))
+            self.replan([unit], force=force, only=only)
 
     def _give_up(self, flight: Flight, attempts: int) -> None:
         """Steps that could not run `max_attempts` times in a row are recorded as failed:
@@ -549,7 +566,7 @@ class Daemon:
         if job is None or job.spec.name not in errors:
             return
         error = f"{errors[job.spec.name]} (gave up after {attempts} attempts)"
-        if self._record([self.ws.give_up(job, error)]):
+        if self._record([refused_result(job, Outcome.FAILED, error)]):
             self.log.error("step.gave_up", **_where(unit), step=job.spec.name,
                            attempts=attempts, error=error)  # fmt: skip
 
@@ -560,7 +577,11 @@ class Daemon:
         if self.connection is None:
             return
         if self._reconnect_at is None:
-            if self.connection.client.status == "running" and self.lost_generations:
+            if (
+                self.connection.client.status == "running"
+                and self.lost_generations
+                and self._paused_until is None
+            ):
                 self._resubmit_lost()
             if self.connection.client.status in ("running", "connecting"):
                 return
@@ -612,6 +633,10 @@ class Daemon:
         self.messages.put(handoff)
         return handoff.wait(REQUEST_TIMEOUT)
 
+    def _refused(self, peer: Peer, error: str) -> None:
+        key = f"{peer.uid}:{error}"  # one user's flood of one mistake is said once a second
+        self._say("run.refused", self.log.warning, key=key, error=error, **_who(peer))
+
     def _on_refused(self, peer: Peer, error: str) -> None:
         self.messages.put(RequestRefused(peer, error))
 
@@ -626,7 +651,7 @@ class Daemon:
                 names = ", ".join(self.ws.layout.step_names(scope))
                 raise ValueError(f"no step {request.step!r} here; steps: {names}")
         except ValueError as exc:
-            self.log.warning("run.refused", error=str(exc), **_who(peer))
+            self._refused(peer, str(exc))
             return {"ok": False, "error": str(exc)}
         units = self.ws.units(scope, ids)
         busy = [u for u in units if u in self.in_flight]
@@ -635,6 +660,8 @@ class Daemon:
         self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
                       force=request.force, step=request.step, **_who(peer))  # fmt: skip
         self.dirty.update(busy)
+        if request.force or request.step is not None:  # applied when each lands
+            self.later.update(dict.fromkeys(busy, (request.force, request.step)))
         self._queue(plans, replanned=free)
         self._fill()
         return {"ok": True, "units": len(units), "steps": len(plans), "busy": len(busy)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+_PRUNE_ABOVE = 1024
+
 
 class Throttle:
     def __init__(self, seconds: float) -> None:
@@ -18,5 +20,7 @@ class Throttle:
         if now < self._next.get(key, 0.0):
             self._held[key] = self._held.get(key, 0) + 1
             return None
+        if len(self._next) > _PRUNE_ABOVE:  # keys are paths and peers: forget quiet ones
+            self._next = {k: t for k, t in self._next.items() if t > now}
         self._next[key] = now + self.seconds
         return self._held.pop(key, 0)

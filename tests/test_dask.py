@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import copy_example
+from faults.harness import alive
 
 from sinagot import StepStatus, Workspace
 from sinagot.execute import DaskExecutor, chain_token, task_key
@@ -92,14 +93,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def sinagot_command() -> list[str]:

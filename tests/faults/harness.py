@@ -213,6 +213,15 @@ def wait_until(
         time.sleep(interval)  # polling, with a deadline
 
 
+def alive(pid: int) -> bool:
+    """Whether a process of that pid exists (a zombie counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

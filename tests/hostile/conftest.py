@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults.conftest import make_lab  # noqa: F401  (a fixture, shared with the fault suite)
 from faults.harness import DaemonRun, Lab
 
 if not sys.platform.startswith("linux"):
@@ -22,18 +25,12 @@ if not sys.platform.startswith("linux"):
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
-    """Make labs (workspace + control folder + processes), all killed afterwards."""
-    labs: list[Lab] = []
-
-    def make(n: int = 2, **settings: float) -> Lab:
-        lab = Lab.create(tmp_path / f"lab{len(labs)}", n, **settings)
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.close()
+def shared() -> Iterator[Path]:
+    """A folder with a short path that other users may enter (pytest's tmp_path is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="sinagot-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Outside:

@@ -19,11 +19,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import copy_example
 from faults.harness import chattr, chattr_works, wait_until
 
 from sinagot.layout import Unit
@@ -71,15 +71,6 @@ def add_config(workspace: Path, text: str) -> None:
 def run_all(workspace: Path) -> None:
     done = sinagot("run", workspace)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A folder other users may enter (pytest's tmp_path is 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="sinagot-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 AS_USER = """
@@ -478,3 +469,49 @@ def test_sinagot_run_with_a_holder_that_does_not_answer_names_the_socket_and_hol
         )
         assert done.stdout == ""
     assert not (harbor / "dataset" / "computed").exists()
+
+
+RUN_COUNT_AS_USER = """
+import os, sys
+from sinagot import Workspace
+from sinagot.layout import Unit
+from sinagot.runner import StepJob, run_step
+ws = Workspace(sys.argv[3], verbose=False)
+os.setgroups([])
+os.setgid(int(sys.argv[2]))
+os.setuid(int(sys.argv[1]))
+spec, rid = ws.layout.steps(None, None)[0], "REC-20200601"
+job = StepJob(Unit(rid), spec, str(ws.dataset), spec.inputs.relative(rid, None),
+              spec.outputs.relative(rid, None))
+result = run_step(job)
+print(result.outcome.value, result.error)
+"""
+
+
+def test_a_step_whose_output_folder_is_under_one_its_user_cannot_search_is_not_run(
+    shared: Path,
+):
+    """A lab member's run whose outputs go under a folder they may not enter: the step is
+    not run, with one line naming the folder; no PermissionError escapes the runner."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run a step as another user")
+    user = pwd.getpwnam("nobody")
+    harbor = copy_example("harbor", shared)
+    (harbor / "scripts" / "count.py").write_text(  # no pandas: /root's venv is not nobody's
+        "from sinagot import ScriptTemplate\n\n"
+        "class Script(ScriptTemplate):\n"
+        '    PATH_IN = ("raw", "{id}-raw.csv")\n'
+        '    PATH_OUT = ("locked", "sub", "{id}-count.csv")\n\n'
+        "    def run(self):\n"
+        '        self.path.output.write_text("1")\n'
+    )
+    for folder in (harbor, *[p for p in harbor.rglob("*") if p.is_dir()]):
+        folder.chmod(0o777)
+    (harbor / "dataset" / "locked").mkdir(mode=0o700)  # root's: others cannot enter it
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_COUNT_AS_USER, str(user.pw_uid), str(user.pw_gid), harbor],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    outcome, _, error = done.stdout.strip().partition(" ")
+    assert outcome == "not_run" and "locked" in error, done.stdout

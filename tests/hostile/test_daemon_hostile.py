@@ -170,7 +170,7 @@ def test_a_step_that_kills_its_worker_ends_as_error_after_bounded_attempts(make_
     submitted = len(daemon.seen("step.submitted", since=mark, record_id=killer))
     still_processing(lab, daemon, number=8)
     assert len(daemon.seen("step.submitted", since=mark, record_id=killer)) == submitted
-    assert submitted <= 3 * 2  # at most max_attempts chains of two steps
+    assert 2 <= submitted <= 3 * 2  # retried, but at most max_attempts chains of two steps
 
 
 @pytest.fixture

@@ -13,12 +13,10 @@ import json
 import os
 import pwd
 import queue
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,15 +96,6 @@ class Desk:
 
     def next_refusal(self) -> tuple[Peer, str]:
         return self.refused.get(timeout=10)
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A folder with a short path that other users may enter (pytest's tmp_path is 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="sinagot-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

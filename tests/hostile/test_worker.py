@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults.harness import record_id, step_script, wait_until
+from faults.harness import alive, record_id, step_script, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,14 +93,6 @@ def receipt_of(job: StepJob) -> Path:
     return Path(job.receipts or "", receipt_name(job.run_id))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 # -- 1. outputs are private to each attempt ---------------------------------------------------
 
 WRITER = """
@@ -111,8 +103,10 @@ with open(self.path.output, "w") as out:
     out.flush()
     (signals / me).touch()
     deadline = time.monotonic() + 20
-    while not (signals / other).exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while not (signals / other).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the other attempt never wrote: no overlap to test")
+        time.sleep(0.01)  # polling, with a deadline
     out.write(me * 5000)
 """
 
