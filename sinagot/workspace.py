@@ -7,10 +7,8 @@ needed and released by `close()`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import stat
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -19,17 +17,12 @@ from .cluster import ENV_ADDRESS, resolve_address
 from .config import Config, load_config
 from .errors import SinagotError
 from .execute import DaskExecutor, Executor, LocalExecutor
-from .fingerprints import (
-    DirectoryListing,
-    DirectStat,
-    Lookup,
-    content_hash,
-)
+from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
 from .layout import Layout, Scope, Unit
 from .model import RecordCollection, StepCollection
 from .patterns import PathProblem, check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
-from .recordlog import LOG_FOLDER, inside_dataset
+from .recordlog import LOG_FOLDER, PathRefused, inside_dataset, open_regular
 from .runner import StepJob, StepResult, one_line, read_receipt, receipt_name
 from .scripts import check_script
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
@@ -403,17 +396,13 @@ def _load_receipt(path: str) -> StepResult | None:
     ValueError naming what is wrong otherwise. Never follows a link, never blocks on a
     FIFO."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None  # ingested or dropped meanwhile
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValueError("a symbolic link") from None
-        return None  # out of descriptors, I/O error, ...: not the receipt's fault; next pass
+        fd = open_regular(path, os.O_RDONLY, "receipt")
+    except PathRefused as exc:  # a link, a folder, a FIFO
+        raise ValueError(str(exc)) from None
+    except OSError:  # gone meanwhile, out of descriptors, I/O error: not its fault; next pass
+        return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
         if st.st_size > _RECEIPT_MAX:
             raise ValueError(f"{st.st_size} bytes: too large to be a receipt")
         try:  # a run holds its receipt locked until its result is written in full

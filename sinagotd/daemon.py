@@ -124,7 +124,7 @@ class Daemon:
         self.ws.lock.acquire("sinagotd")
         self.ws.store.prepare()
         self.ws.layout.remember_patterns()
-        self._recovered(self.ws.ingest_receipts(on_invalid=self._invalid_receipt))
+        self._ingest()
         self.executor = self._executor(self.ws)
         try:
             self.connection = self.executor.connection
@@ -351,9 +351,7 @@ class Daemon:
     def reconcile(self) -> tuple[int, int]:
         """Plan every unit not in flight and queue what is stale: events are only hints."""
         self._reconcile_due = False
-        self._recovered(
-            self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
-        )
+        self._ingest()
         problems: list[PathProblem] = []
         units = self.ws.units(Scope(), problems=problems)
         free = [u for u in units if u not in self.in_flight]
@@ -497,6 +495,12 @@ class Daemon:
             return False
         return True
 
+    def _ingest(self) -> list[StepResult]:
+        """Record and announce what the receipts of units not on the cluster hold."""
+        results = self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
+        self._recovered(results)
+        return results
+
     def _invalid_receipt(self, path: str, error: str) -> None:
         self._say("receipt.invalid", self.log.error, path=path, error=error,
                   action="set aside as .invalid-<name>")  # fmt: skip
@@ -558,8 +562,7 @@ class Daemon:
         # Steps that ended before their worker died may not have been heard of: their
         # receipts say so. The first step with neither a result nor a receipt is at fault;
         # those after it never began.
-        recovered = self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
-        self._recovered(recovered)
+        recovered = self._ingest()
         ended = {r.run_id for r in recovered} | {r.run_id for r in flight.results if r.state}
         errors = {r.step: r.error for r in flight.results if r.outcome is Outcome.NOT_RUN}
         job = next((j for j in flight.submitted.jobs if j.run_id not in ended), None)
@@ -607,9 +610,7 @@ class Daemon:
         """Units the cluster lost: record what their workers finished, plan them again
         (fresh: the plans made before may be out of date), submit under their old names."""
         lost = [u for u in self.lost_generations if u not in self.in_flight]
-        self._recovered(
-            self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
-        )
+        self._ingest()
         for unit in lost:
             self.waiting_plans.pop(unit, None)
         self.replan(lost)
