@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import scaffold
+from .engine import Engine
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope
 from .patterns import PathProblem
@@ -30,7 +31,6 @@ from .planner import StepPlan
 from .requests import RequestError, RunRequest, ask
 from .runner import StepResult
 from .status import StepStatus
-from .workspace import Workspace
 
 EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG, EX_INTERRUPTED, EX_PIPE = 0, 1, 2, 78, 130, 141
 ASK_TIMEOUT = 60.0  # seconds to wait for a running daemon's answer to `sinagot run`
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _select(ws: Workspace, args: argparse.Namespace) -> tuple[Scope, list]:
+def _select(ws: Engine, args: argparse.Namespace) -> tuple[Scope, list]:
     """The scope and units the arguments name. Dataset entries that discovery could not
     read (a folder it cannot list, a name that is not UTF-8) are said on stderr, one line
     each: a record missing from the table is never silent."""
@@ -169,7 +169,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    with Workspace(args.workspace, verbose=False, scheduler=args.scheduler) as ws:
+    with Engine(args.workspace, verbose=False, scheduler=args.scheduler) as ws:
         scope, units = _select(ws, args)
         if args.step is not None and args.step not in ws.layout.step_names(scope):
             names = ", ".join(ws.layout.step_names(scope))
@@ -263,7 +263,7 @@ class _Progress:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Workspace(args.workspace, verbose=False) as ws:
+    with Engine(args.workspace, verbose=False) as ws:
         _, units = _select(ws, args)
         plans = ws.plan(units, stale_only=args.stale)
         if args.json:
@@ -285,7 +285,7 @@ def _as_json(plan: StepPlan) -> dict[str, object]:
     }
 
 
-def _print_table(plans: list[StepPlan], ws: Workspace) -> None:
+def _print_table(plans: list[StepPlan], ws: Engine) -> None:
     scoped = ws.config.scoped
     header = ["RECORD", *(["TASK", "MODALITY"] if scoped else []), "STEP", "STATUS", "WHY"]
     rows = [
@@ -322,7 +322,7 @@ def _print_table(plans: list[StepPlan], ws: Workspace) -> None:
 def cmd_logs(args: argparse.Namespace) -> int:
     from .logview import follow, show
 
-    with Workspace(args.workspace, verbose=False) as ws:
+    with Engine(args.workspace, verbose=False) as ws:
         record = ws.check_id(args.record) if args.record else None
         show(ws.dataset, record, args.step)
         if args.follow:

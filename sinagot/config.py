@@ -23,6 +23,7 @@ a slip of the keyboard, and would bring the machine down before anything could s
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import re
@@ -30,6 +31,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import tomlkit
@@ -42,16 +44,28 @@ DEFAULT_FILE = "workspace.toml"
 RUN_MODES = ("main_process", "dask")
 KNOWN_TABLES = (
     "workspace", "records", "steps", "path", "run", "dask", "tasks", "modalities",
-    "state", "staleness", "daemon",
+    "state", "staleness", "daemon", "log", "info", "processed",
 )  # fmt: skip
+#: The record ID pattern when `[records] id_pattern` is left out: any name part without a
+#: slash that does not start with a dot (hidden files, Sinagot's temporary outputs, are no
+#: records).
+DEFAULT_ID_PATTERN = r"[^/.][^/]*"
+DEFAULT_VERSION = "0.1.0"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: sinagot 0.3's `[dask.scheduler] type`s; all run on the embedded cluster (see `_dask`).
+SCHEDULER_TYPES = ("distributed", "processes", "threads", "single-threaded", "sync")
+PLUGINS = ("pandas", "processed")
+PROCESSED_GETTERS = ("single_data", "dataframe_from_csv", "series_from_csv")
+PROCESSED_TYPES = ("str", "float", "int")
 #: Names a task or modality cannot take: they would hide an attribute of the model
 #: (tests/test_config.py checks this list against the real objects).
 RESERVED_NAMES = frozenset(
-    {"all", "broken_scripts", "check_folders", "check_id", "close", "config", "count", "dataset",
-     "execute", "executor", "first", "forget", "generation", "get", "has", "head",
-     "id", "ids", "ingest_receipts", "iter_ids", "job", "layout", "lock", "logs", "modality",
-     "plan", "receipts", "record", "records", "run", "scope", "status", "steps",
-     "store", "task", "units", "verbose", "writing"}
+    {"all", "close", "config", "count", "count_raw_data", "count_step", "data", "data_path",
+     "first", "get", "get_processed_data", "get_subscope", "has", "head", "id", "ids", "info",
+     "is_unit", "is_unit_mode", "iter_ids", "iter_modalities", "iter_tasks", "iter_units",
+     "logs", "logs_json", "modalities_names", "modality", "record_collection", "records",
+     "run", "scripts_path", "status", "status_dict", "status_json", "steps", "task",
+     "tasks_names", "version", "workspace"}
 )  # fmt: skip
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -64,9 +78,44 @@ MAX_IN_FLIGHT = 1_000_000
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """`[modalities.X] models` (sinagot 0.3): which classes the modality's objects are."""
+
+    plugin: str | None = None  # "pandas" or "processed"
+    data_path: tuple[str, ...] | None = None  # pandas: one JSON file per record
+    dataframe_path: tuple[str, ...] | None = None  # pandas: one CSV for all records
+    record: str | None = None  # class name in scripts/X/models/record.py
+    record_collection: str | None = None  # class name in scripts/X/models/record_collection.py
+
+
+@dataclass(frozen=True)
 class ModalitySpec:
     scripts: tuple[str, ...]
     task_scripts: Mapping[str, tuple[str, ...]]
+    models: ModelSettings = ModelSettings()
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """`[log]`: how step lines are printed on the console (the LOG files do not change)."""
+
+    name: str = "sinagot"
+    format: str | None = None  # None: the seed's "REC | time | label : message"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """`[processed.X]` (sinagot 0.3): where a step leaves a result an analyst gathers."""
+
+    key: str
+    task: str
+    modality: str
+    step_label: str
+    path_label: str | None = None
+    data_type: str | None = None
+    data_getter: str = "single_data"
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +149,10 @@ class Config:
     time_limit: float | None = None
     time_limits: Mapping[str, float] = field(default_factory=dict)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    log: LogSettings = LogSettings()
+    processed: Mapping[str, ProcessedData] = field(default_factory=dict)
+    #: The merged TOML as read, for `Workspace.config` (0.3 returned the dict itself).
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def time_limit_for(self, step_name: str) -> float | None:
         """Seconds the step of this name may run: its own limit, else the workspace's."""
@@ -271,13 +324,23 @@ def _show(value: Any) -> str:
 
 def load_config(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    data_path: str | os.PathLike[str] | None = None,
+    scripts_path: str | os.PathLike[str] | None = None,
 ) -> Config:
-    """Read, merge and validate a workspace's configuration."""
+    """Read, merge and validate a workspace's configuration. `data_path` and `scripts_path`,
+    given, override `[path] dataset` and `scripts` (relative ones to the first file's
+    folder, as sinagot 0.3 took them)."""
     files = config_files(source)
     data: dict[str, Any] = {}
     origins: dict[tuple[str, ...], Path] = {}
     for path in files:
         _merge(data, _parse(path), path, origins)
+    given = {"dataset": data_path, "scripts": scripts_path}
+    if any(value is not None for value in given.values()):
+        here = Path("<Workspace arguments>")
+        paths = {k: os.fspath(v) for k, v in given.items() if v is not None}
+        _merge(data, {"path": paths}, here, origins)
     return _validate(_Reader(data, origins, files[0]), files)
 
 
@@ -290,10 +353,9 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         elif hint := difflib.get_close_matches(name, KNOWN_TABLES, n=1, cutoff=0.75):
             raise r.error((name,), f"unknown table (did you mean [{hint[0]}]?)")
 
-    r.check_keys(("records",), ("id_pattern",))
-    pattern = r.get(("records", "id_pattern"), str)
-    if pattern is None:
-        raise r.error(("records", "id_pattern"), "missing: give the regex a record ID must match")
+    # file_match: read by sinagot before 0.3, ignored since (0.3.0 ignored it too).
+    r.check_keys(("records",), ("id_pattern", "file_match"))
+    pattern = r.get(("records", "id_pattern"), str, DEFAULT_ID_PATTERN)
     try:
         id_regex = re.compile(pattern)
     except re.error as exc:
@@ -333,8 +395,7 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
     r.check_keys(("staleness",), ("content_hash", "script_changes"))
     content_hash = r.get(("staleness", "content_hash"), bool, False)
     track_scripts = r.get(("staleness", "script_changes"), bool, True)
-    r.check_keys(("workspace",), ("version",))
-    version = r.get(("workspace", "version"), str)
+    version = _version(r)
 
     steps, tasks, modalities = _layout(r, scripts)
     return Config(
@@ -356,11 +417,15 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         time_limit=time_limit,
         time_limits=_time_limits(r, _step_names(steps, modalities)),
         max_attempts=max_attempts,
+        log=_log(r),
+        processed=_processed(r, tasks, modalities),
+        raw=_frozen(r.data),
     )
 
 
 def _path(r: _Reader, root: Path, key: tuple[str, ...], default: str) -> Path:
-    """A folder setting, absolute; refused before any file-system call could choke on it."""
+    """A folder setting, absolute (relative to the first file's folder, `root`, as 0.3 did);
+    refused before any file-system call could choke on it."""
     value = _text(r, key, default) or ""
     if not value.strip():
         raise r.error(key, "empty: give a folder, or remove the key for the default")
@@ -379,21 +444,150 @@ def _text(r: _Reader, key: tuple[str, ...], default: str | None = None) -> str |
 
 
 def _dask(r: _Reader) -> DaskSettings:
+    """`[dask]`, with sinagot 0.3's `[dask.scheduler] type` and `[dask.cluster]` mapped onto
+    the embedded cluster; a key of `[dask]` itself wins over its 0.3 counterpart.
+
+    Workers are always processes (a step that crashes or hangs must not take its caller
+    down), so `[dask.cluster] processes` is accepted and has no effect; the one-at-a-time
+    types (`single-threaded`, `sync`) become one worker with one thread, `threads` one
+    worker with `threads_per_worker` threads (default: the machine's cores).
+    """
     r.check_keys(
         ("dask",),
-        ("address", "n_workers", "threads_per_worker", "max_in_flight", "dashboard_address"),
-    )
+        ("address", "n_workers", "threads_per_worker", "max_in_flight", "dashboard_address",
+         "scheduler", "cluster"),
+    )  # fmt: skip
+    r.check_keys(("dask", "scheduler"), ("type",))
+    r.check_keys(("dask", "cluster"), ("address", "n_workers", "processes", "threads_per_worker"))
+    kind = r.get(("dask", "scheduler", "type"), str, "distributed")
+    if kind not in SCHEDULER_TYPES:
+        raise r.error(
+            ("dask", "scheduler", "type"), f"{kind!r} is not one of {', '.join(SCHEDULER_TYPES)}"
+        )
+    r.get(("dask", "cluster", "processes"), bool)
+    workers = _count(r, ("dask", "cluster", "n_workers"), DaskSettings.n_workers, MAX_WORKERS)
+    default_threads = (os.cpu_count() or 1) if kind == "threads" else 1
+    threads = _count(r, ("dask", "cluster", "threads_per_worker"), default_threads, MAX_THREADS)
+    if kind in ("single-threaded", "sync"):
+        workers, threads = 1, 1
+    elif kind == "threads":
+        workers = 1
+    address = _text(r, ("dask", "address")) or _text(r, ("dask", "cluster", "address"))
     return DaskSettings(
-        address=_text(r, ("dask", "address")),
-        n_workers=_count(r, ("dask", "n_workers"), DaskSettings.n_workers, MAX_WORKERS),
-        threads_per_worker=_count(
-            r, ("dask", "threads_per_worker"), DaskSettings.threads_per_worker, MAX_THREADS
-        ),
+        address=address,
+        n_workers=_count(r, ("dask", "n_workers"), workers, MAX_WORKERS),
+        threads_per_worker=_count(r, ("dask", "threads_per_worker"), threads, MAX_THREADS),
         max_in_flight=_count(
             r, ("dask", "max_in_flight"), DaskSettings.max_in_flight, MAX_IN_FLIGHT
         ),
         dashboard_address=_text(r, ("dask", "dashboard_address"), DaskSettings.dashboard_address),
     )
+
+
+def _version(r: _Reader) -> str:
+    """The workspace version: `[info] version` (sinagot 0.3) or `[workspace] version`."""
+    r.check_keys(("workspace",), ("version",))
+    r.table("info")  # free-form metadata (0.3 returned it as `Workspace.info`)
+    found = {}
+    for key in (("info", "version"), ("workspace", "version")):
+        value = r.get(key, (str, int, float))
+        if value is not None:
+            found[key] = str(value)
+    if len(set(found.values())) > 1:
+        (a, va), (b, vb) = found.items()
+        raise r.error(b, f"{vb!r} differs from {_key_name(a)} {va!r}: keep one of them")
+    return next(iter(found.values()), DEFAULT_VERSION)
+
+
+def _log(r: _Reader) -> LogSettings:
+    r.check_keys(("log",), ("name", "format", "level"))
+    name = _text(r, ("log", "name"), LogSettings.name) or ""
+    if not name.strip():
+        raise r.error(("log", "name"), "empty: give a logger name, or remove the key")
+    fmt = r.get(("log", "format"), str)
+    if fmt is not None:
+        try:  # a mistake here would otherwise surface as a logging error at every line
+            fmt % _LOG_FIELDS
+        except (KeyError, ValueError, TypeError) as exc:
+            raise r.error(
+                ("log", "format"),
+                f"{fmt!r} cannot be used: {exc!r}; fields: "
+                + ", ".join(f"%({k})s" for k in _LOG_FIELDS),
+            ) from None
+    level = r.get(("log", "level"), (str, int), LogSettings.level)
+    if isinstance(level, int):
+        level = logging.getLevelName(level)
+    level = str(level).upper()
+    if level not in LOG_LEVELS:
+        raise r.error(("log", "level"), f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return LogSettings(name=name, format=fmt, level=level)
+
+
+#: What a `[log] format` may name, with sample values to try it on.
+_LOG_FIELDS = {
+    "asctime": "2020-08-20 11:19:11,530", "message": "Init run", "record_id": "REC-1",
+    "task": "RS", "modality": "EEG", "step_label": "count", "label": "RS-EEG-count",
+    "step_status": 0, "levelname": "INFO", "name": "sinagot", "created": 0.0, "msecs": 0.0,
+}  # fmt: skip
+
+
+def _processed(
+    r: _Reader, tasks: Mapping[str, tuple[str, ...]], modalities: Mapping[str, ModalitySpec]
+) -> dict[str, ProcessedData]:
+    """`[processed.X]` tables, checked against the steps they name."""
+    out = {}
+    for key in r.table("processed"):
+        where = ("processed", key)
+        r.table(*where)
+        r.check_keys(
+            where,
+            ("task", "modality", "step_label", "path_label", "data_type", "data_getter",
+             "columns"),
+        )  # fmt: skip
+        task, modality, step = (
+            _required(r, (*where, name)) for name in ("task", "modality", "step_label")
+        )
+        if task not in tasks:
+            raise r.error((*where, "task"), f"task {task!r} is not declared in [tasks]")
+        if modality not in tasks[task]:
+            raise r.error((*where, "modality"), f"task {task!r} has no modality {modality!r}")
+        spec = modalities[modality]
+        if step not in (*spec.scripts, *spec.task_scripts.get(task, ())):
+            raise r.error((*where, "step_label"), f"{task}.{modality} has no step {step!r}")
+        getter = r.get((*where, "data_getter"), str, "single_data")
+        if getter not in PROCESSED_GETTERS:
+            raise r.error(
+                (*where, "data_getter"), f"{getter!r} is not one of {', '.join(PROCESSED_GETTERS)}"
+            )
+        data_type = r.get((*where, "data_type"), str)
+        if data_type is not None and data_type not in PROCESSED_TYPES:
+            raise r.error(
+                (*where, "data_type"), f"{data_type!r} is not one of {', '.join(PROCESSED_TYPES)}"
+            )
+        columns = r.get((*where, "columns"), list)
+        if columns is not None and not all(isinstance(c, str) for c in columns):
+            raise r.error((*where, "columns"), "expected a list of column names")
+        out[key] = ProcessedData(
+            key, task, modality, step, r.get((*where, "path_label"), str), data_type, getter,
+            tuple(columns) if columns is not None else None,
+        )  # fmt: skip
+    return out
+
+
+def _required(r: _Reader, key: tuple[str, ...]) -> str:
+    value = r.get(key, str)
+    if value is None:
+        raise r.error(key, "missing")
+    return value
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only copy: tables become mappings that refuse writes, lists tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _count(r: _Reader, key: tuple[str, ...], default: int, high: int) -> int:
@@ -448,14 +642,11 @@ def _time_limits(r: _Reader, steps: tuple[str, ...]) -> dict[str, float]:
 def _layout(
     r: _Reader, scripts: Path
 ) -> tuple[tuple[str, ...] | None, dict[str, tuple[str, ...]], dict[str, ModalitySpec]]:
-    has_steps = "steps" in r.data
     has_scopes = "tasks" in r.data or "modalities" in r.data
-    if has_steps and has_scopes:
-        raise r.error(
-            ("steps",),
-            "use either [steps] (no tasks or modalities) or [tasks] and [modalities], not both",
-        )
-    if not has_scopes:
+    if has_scopes:  # sinagot 0.3 documented [steps] as required, and ignored it here
+        r.check_keys(("steps",), ("scripts",))
+        r.names(("steps", "scripts"))
+    else:
         r.check_keys(("steps",), ("scripts",))
         steps = r.names(("steps", "scripts"), required=True)
         for name in steps:
@@ -467,8 +658,9 @@ def _layout(
         key = ("modalities", name)
         _check_name(r, key, name)
         r.table(*key)
-        r.check_keys(key, ("scripts", "task_scripts"))
-        modalities[name] = ModalitySpec(r.names((*key, "scripts")), {})
+        # file_match: read by sinagot before 0.3, ignored since (0.3.0 ignored it too).
+        r.check_keys(key, ("scripts", "task_scripts", "models", "record_collection", "file_match"))
+        modalities[name] = ModalitySpec(r.names((*key, "scripts")), {}, _models(r, key))
     if not modalities:
         raise r.error(("modalities",), "no modality declared")
 
@@ -502,10 +694,40 @@ def _layout(
             per_task[task] = r.names((*key, task))
             if twice := set(per_task[task]) & set(spec.scripts):
                 raise r.error((*key, task), f"{min(twice)!r} is already in the modality's scripts")
-        modalities[mod] = ModalitySpec(spec.scripts, per_task)
+        modalities[mod] = ModalitySpec(spec.scripts, per_task, spec.models)
         for name in (*spec.scripts, *(n for names in per_task.values() for n in names)):
             _require_script(r, ("modalities", mod), scripts / mod / f"{name}.py")
     return None, tasks, modalities
+
+
+def _models(r: _Reader, key: tuple[str, ...]) -> ModelSettings:
+    """`[modalities.X] models` and the older `record_collection = "Name"` beside it."""
+    where = (*key, "models")
+    r.check_keys(where, ("plugin", "data_path", "dataframe_path", "record", "record_collection"))
+    plugin = r.get((*where, "plugin"), str)
+    if plugin is not None and plugin not in PLUGINS:
+        raise r.error((*where, "plugin"), f"{plugin!r} is not one of {', '.join(PLUGINS)}")
+    paths = {}
+    for name in ("data_path", "dataframe_path"):
+        parts = r.get((*where, name), list)
+        if parts is not None:
+            if not parts or not all(isinstance(p, str) and p and p not in (".", "..")
+                                    and "/" not in p for p in parts):  # fmt: skip
+                raise r.error(
+                    (*where, name), f"expected a list of folder and file names, found {parts!r}"
+                )
+            paths[name] = tuple(parts)
+    classes = {}
+    for name, keys in (("record", ((*where, "record"),)),
+                       ("record_collection", ((*where, "record_collection"),
+                                              (*key, "record_collection")))):  # fmt: skip
+        for k in keys:
+            value = r.get(k, str)
+            if value is not None:
+                if not value.isidentifier():
+                    raise r.error(k, f"{value!r} is not a class name")
+                classes[name] = value
+    return ModelSettings(plugin, paths.get("data_path"), paths.get("dataframe_path"), **classes)
 
 
 def _check_name(r: _Reader, key: tuple[str, ...], name: str) -> None:

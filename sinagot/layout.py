@@ -9,9 +9,10 @@ must not keep `sinagot status` or the daemon from the others. Its `StepSpec.brok
 why, in one line, and its patterns are recovered in two ways, in this order:
 
 1. from the source as it is now: the lines the parser rejects are blanked until the rest
-   parses, and PATH_IN and PATH_OUT are taken if they are literals of the `Script` class
-   that no blanked line touches. The file itself is the user's latest word, so this comes
-   first (the patterns may have been edited together with the slip);
+   parses, and PATH_IN and PATH_OUT (with PATH_CONTROL, if stated) are taken if they are
+   literals of the `Script` class that no blanked line touches. The file itself is the
+   user's latest word, so this comes first (the patterns may have been edited together
+   with the slip);
 2. from the last good read: `<state_dir>/patterns.json`, which the workspace's writer (the
    daemon, a `sinagot run`) rewrites when it changed, so that a script whose class line
    itself is broken, or whose patterns are computed, is still known. Readers (`status`,
@@ -36,7 +37,7 @@ from typing import NamedTuple
 from .config import Config
 from .errors import ConfigError, ScriptError
 from .patterns import Matcher, PathPattern, PathProblem
-from .scripts import read_patterns
+from .scripts import PATTERN_NAMES, read_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,9 @@ class StepSpec:
     inputs: Patterns
     outputs: Patterns
     broken: str | None = None  # one line: why its script cannot run ('x.py, line 3: ...')
+    #: PATH_CONTROL (sinagot 0.3): paths the script may write besides its outputs; neither
+    #: inputs nor outputs for staleness. None: the script declares none.
+    control: Patterns | None = None
 
     @property
     def script_key(self) -> str:
@@ -156,7 +160,7 @@ class Layout:
                     f"{broken} (its PATH_IN and PATH_OUT are known neither from the rest of "
                     "the file nor from an earlier load)"
                 )
-            raw_in, raw_out = raw
+            raw_in, raw_out, raw_control = raw
             try:
                 inputs = Patterns.parse(raw_in)
             except ValueError as exc:
@@ -165,18 +169,23 @@ class Layout:
                 outputs = Patterns.parse(raw_out)
             except ValueError as exc:
                 raise ConfigError(f"{path}: PATH_OUT: {exc}") from None
+            try:
+                control = None if raw_control is None else Patterns.parse(raw_control)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: PATH_CONTROL: {exc}") from None
             for label, pattern in outputs.items:
                 if "id" not in pattern.fields:
                     raise ConfigError(
                         f"{path}: {_where('PATH_OUT', label)} {pattern} must hold {{id}}"
                     )
-            spec = StepSpec(name, modality, path, inputs, outputs, broken)
+            spec = StepSpec(name, modality, path, inputs, outputs, broken, control)
             self._specs[(modality, name)] = spec
         return self._specs[(modality, name)]
 
     @cached_property
-    def _remembered(self) -> dict[str, tuple[object, object]]:
-        """Script path -> (PATH_IN, PATH_OUT) of the last good read; only valid entries."""
+    def _remembered(self) -> dict[str, tuple[object, object, object]]:
+        """Script path -> (PATH_IN, PATH_OUT, PATH_CONTROL) of the last good read; only
+        valid entries (PATH_CONTROL None when absent: a cache written before it existed)."""
         try:
             entries = json.loads((self.config.state_dir / PATTERNS_FILE).read_bytes())["scripts"]
             items = list(entries.items())
@@ -185,10 +194,10 @@ class Layout:
         found = {}
         for script, entry in items:
             try:
-                raw = entry["PATH_IN"], entry["PATH_OUT"]
-                for value in raw:
+                raw = entry["PATH_IN"], entry["PATH_OUT"], entry.get("PATH_CONTROL")
+                for value in raw[:2] if raw[2] is None else raw:
                     Patterns.parse(value)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 continue
             found[script] = raw
         return found
@@ -201,7 +210,11 @@ class Layout:
         if not folder.is_dir():
             return
         scripts = {
-            str(spec.script): {"PATH_IN": spec.inputs.to_json(), "PATH_OUT": spec.outputs.to_json()}
+            str(spec.script): {
+                "PATH_IN": spec.inputs.to_json(),
+                "PATH_OUT": spec.outputs.to_json(),
+                **({"PATH_CONTROL": spec.control.to_json()} if spec.control is not None else {}),
+            }
             for spec in self._specs.values()
         }
         text = json.dumps({"scripts": scripts}, indent=1, sort_keys=True) + "\n"
@@ -213,7 +226,8 @@ class Layout:
 
     def _check_unit(self, task: str | None, steps: tuple[StepSpec, ...]) -> None:
         for step in steps:
-            for pattern in (*step.inputs.patterns, *step.outputs.patterns):
+            control = step.control.patterns if step.control is not None else ()
+            for pattern in (*step.inputs.patterns, *step.outputs.patterns, *control):
                 if task is None and "task" in pattern.fields:
                     raise ConfigError(
                         f"{step.script}: {pattern} uses {{task}}, but this workspace has no tasks"
@@ -468,9 +482,10 @@ def _write_atomically(target: Path, text: str) -> None:
             os.unlink(temporary)
 
 
-def _script_patterns(path: Path) -> tuple[tuple[object, object] | None, str | None]:
-    """((PATH_IN, PATH_OUT) or None if the source cannot tell, why the script is broken or
-    None); ConfigError for a script that is missing, or that parses but is wrong."""
+def _script_patterns(path: Path) -> tuple[tuple[object, object, object] | None, str | None]:
+    """((PATH_IN, PATH_OUT, PATH_CONTROL) or None if the source cannot tell, why the script
+    is broken or None); ConfigError for a script that is missing, or that parses but is
+    wrong."""
     try:
         return read_patterns(path), None
     except ScriptError as exc:
@@ -502,9 +517,10 @@ def _syntax_error(path: Path, source: bytes) -> str | None:
     return None
 
 
-def _recover_patterns(source: bytes) -> tuple[object, object] | None:
-    """PATH_IN and PATH_OUT of a script that does not parse, when its class body states
-    them as literals on lines the parser accepts; None otherwise."""
+def _recover_patterns(source: bytes) -> tuple[object, object, object] | None:
+    """PATH_IN, PATH_OUT and PATH_CONTROL of a script that does not parse, when its class
+    body states them as literals on lines the parser accepts (PATH_CONTROL None when not
+    stated); None otherwise."""
     lines = source.decode("utf-8-sig", errors="replace").splitlines(keepends=True)
     blanked = {n for n, line in enumerate(lines, 1) if "\0" in line}
     for n in blanked:
@@ -537,7 +553,7 @@ def _block_end(lines: list[str], first: int) -> int:
     return last
 
 
-def _literal_patterns(tree: ast.Module, blanked: set[int]) -> tuple[object, object] | None:
+def _literal_patterns(tree: ast.Module, blanked: set[int]) -> tuple[object, object, object] | None:
     found: dict[str, object] = {}
     for node in tree.body:
         if not (isinstance(node, ast.ClassDef) and node.name == "Script"):
@@ -546,7 +562,7 @@ def _literal_patterns(tree: ast.Module, blanked: set[int]) -> tuple[object, obje
             if not isinstance(stmt, ast.Assign | ast.AnnAssign) or stmt.value is None:
                 continue
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            names = {t.id for t in targets if isinstance(t, ast.Name)} & {"PATH_IN", "PATH_OUT"}
+            names = {t.id for t in targets if isinstance(t, ast.Name)} & set(PATTERN_NAMES)
             span = range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
             if not names or any(n in blanked for n in span):
                 continue
@@ -556,5 +572,5 @@ def _literal_patterns(tree: ast.Module, blanked: set[int]) -> tuple[object, obje
                 continue
             found.update(dict.fromkeys(names, value))
     if "PATH_IN" in found and "PATH_OUT" in found:
-        return found["PATH_IN"], found["PATH_OUT"]
+        return found["PATH_IN"], found["PATH_OUT"], found.get("PATH_CONTROL")
     return None

@@ -13,6 +13,11 @@ all decide through it. The rules, in order (DESIGN.md §6):
 5. the script's code differs from the last run's (`[staleness] script_changes`);
 6. an earlier step of the unit will rewrite one of its inputs.
 
+A step whose inputs are missing runs when nothing in its unit will make them only with
+`ignore_missing` (the script decides what to do without them); otherwise it is
+DATA_NOT_AVAILABLE, unless all its outputs exist: then it is DONE, its inputs gone (raw data
+archived after processing), and the steps after it plan from its outputs.
+
 A step whose last run failed stays failed (ERROR) until its inputs or its script change.
 A step whose input or output exists but cannot be read (a link loop, a FIFO, no permission)
 is ERROR too, saying which path and why, and does not run; nor does a step whose script
@@ -54,6 +59,11 @@ class PlanContext:
     problems: list[PathProblem] | None = None  # paths found unreadable are added here
     force: bool = False
     only: str | None = None  # run just this step
+    ignore_missing: bool = False  # run steps whose inputs are missing (and cannot be made)
+
+
+#: The reason of a step planned to run without its inputs (`PlanContext.ignore_missing`).
+IGNORE_MISSING = "inputs missing, run anyway (ignore_missing)"
 
 
 class StepPlan(NamedTuple):
@@ -67,6 +77,9 @@ class StepPlan(NamedTuple):
     run: bool
     inputs: tuple[str, ...]  # dataset-relative paths
     outputs: tuple[str, ...]
+    #: Planned with `ignore_missing`: its run goes on without missing inputs, and after an
+    #: earlier step of its unit that failed (the script decides).
+    ignore_missing: bool = False
 
 
 def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[StepPlan]:
@@ -97,7 +110,9 @@ def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[S
                 run, reasons = False, [wait, *reasons]
                 held.update(dict.fromkeys(outs, step.name))
         made_in_unit.update(dict.fromkeys(outs, step.name))
-        plans.append(StepPlan(unit, step, index, status, tuple(reasons), run, ins, outs))
+        plans.append(
+            StepPlan(unit, step, index, status, tuple(reasons), run, ins, outs, ctx.ignore_missing)
+        )
     return plans
 
 
@@ -240,8 +255,9 @@ def _status(
     lookup = ctx.lookup
     in_fps = [lookup(rel) for rel in ins]
     missing = [rel for rel, fp in zip(ins, in_fps, strict=True) if fp is None]
-    if unmade := [rel for rel in missing if rel not in will_write and rel not in made_in_unit]:
-        return StepStatus.DATA_NOT_AVAILABLE, [f"input {rel} is missing" for rel in unmade]
+    if missing and (gone := _inputs_gone(ins, in_fps, missing, outs, last, ctx, will_write,
+                                         made_in_unit, step)):  # fmt: skip
+        return gone
     for rel in ins:
         if rel in will_write:
             status = StepStatus.INIT if missing else StepStatus.STALE
@@ -274,6 +290,43 @@ def _status(
     reasons.extend(f"output {rel} is missing" for rel, fp in zip(outs, out_fps, strict=True)
                    if fp is None)  # fmt: skip
     return (StepStatus.STALE if reasons else StepStatus.DONE), reasons
+
+
+def _inputs_gone(
+    ins: Sequence[str],
+    in_fps: Sequence[Fingerprint | None],
+    missing: Sequence[str],
+    outs: Sequence[str],
+    last: RunRecord | None,
+    ctx: PlanContext,
+    will_write: Mapping[str, str],
+    made_in_unit: Mapping[str, str],
+    step: StepSpec,
+) -> tuple[StepStatus, list[str]] | None:
+    """The status of a step some of whose inputs are missing and will not be written by an
+    earlier step of this plan; None when earlier steps will write them all, or when one is
+    made in the unit (the step then waits for it, INIT).
+
+    All its outputs there: DONE, its inputs gone (0.3 said DONE too); it runs anyway only
+    with both `ignore_missing` and `force`, as 0.3 did. Otherwise, with `ignore_missing`, it
+    runs anyway (unless its last run failed with the same inputs); without, it is
+    DATA_NOT_AVAILABLE when nothing in the unit makes the missing inputs.
+    """
+    pending = [rel for rel in missing if rel not in will_write]
+    if not pending:
+        return None
+    if not (ctx.ignore_missing and ctx.force):
+        out_fps = [ctx.lookup(rel) for rel in outs]
+        if outs and all(fp is not None for fp in out_fps):
+            said = ", ".join(f"input {rel} is missing" for rel in pending)
+            return StepStatus.DONE, [f"inputs gone: {said}; outputs kept"]
+    if ctx.ignore_missing:
+        if not ctx.force and _still_failed(step, ins, in_fps, last, ctx):
+            return StepStatus.ERROR, [f"last run failed: {last.error or 'unknown error'}"]  # type: ignore[union-attr]
+        return StepStatus.DATA_READY, [IGNORE_MISSING]
+    if unmade := [rel for rel in pending if rel not in made_in_unit]:
+        return StepStatus.DATA_NOT_AVAILABLE, [f"input {rel} is missing" for rel in unmade]
+    return None
 
 
 def _still_failed(

@@ -1,7 +1,14 @@
 """Per-record logs: JSON lines in `<dataset>/LOG/<id>.log`, where the original put them.
 
 Each line is one small `O_APPEND` write, so workers on several machines can log to the same
-record at once without interleaving lines.
+record at once without interleaving lines. A line has sinagot 0.3's keys, in its order
+(`log_from`, `workspace_version`, `record_id`, `scope`, `task`, `modality`, `step_label`,
+`step_status`, `message`, `time`), so that a 0.3 notebook filtering on them keeps working;
+`time` is ISO 8601 with its UTC offset (0.3 wrote naive UTC: `logs_frame` reads both).
+
+Echoed lines (a step run in the calling process) go through the `logging.Logger` named by
+`[log] name`, at `[log] level`, to the `sys.stdout` of the moment, formatted by
+`[log] format` (default: the seed's `REC-1 | 2020-08-20 11:19:11,530 | count : Init run`).
 
 A dataset may hold symlinks (a shared folder, a hostile one): the log is never written through
 one that leads out of the dataset. `inside_dataset` and `open_regular` are the checks, shared
@@ -19,18 +26,22 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .config import LogSettings
 from .errors import SinagotError
 from .status import StepStatus
 
 LOG_FOLDER = "LOG"
+#: The columns of `logs_frame`: sinagot 0.3's keys, in its order (ours are the same keys).
 COLUMNS = (
-    "record_id", "task", "modality", "step_label", "step_status", "message", "time",
-    "workspace_version",
+    "log_from", "workspace_version", "record_id", "scope", "task", "modality",
+    "step_label", "step_status", "message", "time",
 )  # fmt: skip
+#: An echoed line without `[log] format`: the seed's 'REC-1 | <asctime> | RS-EEG-count : ...'.
+CONSOLE_FORMAT = "%(record_id)s | %(asctime)s | %(label)s : %(message)s"
 
 
 def log_path(dataset: Path | str, record_id: str) -> Path:
@@ -122,6 +133,7 @@ class RecordLog:
     step: str
     workspace_version: str | None = None
     echo: bool = False
+    console: LogSettings = field(default_factory=LogSettings)  # how echoed lines are printed
     _fd: int | None = field(default=None, init=False, repr=False)
     # A script's threads may still log while the step ends: the lock keeps a line from
     # being written to a descriptor closed, and perhaps reused, under it. Reentrant, so
@@ -158,17 +170,21 @@ class RecordLog:
         except OSError as exc:
             raise WriteError(f"cannot write log file {path}: {exc.strerror or exc}") from None
 
-    def write(self, status: StepStatus, message: str) -> None:
+    def write(self, status: StepStatus, message: str, level: int | None = None) -> None:
+        """Append one line; echo it too when asked, at `level` (by default ERROR for an
+        ERROR line, INFO otherwise)."""
         now = datetime.now().astimezone()
         line = {
+            "log_from": "script",
+            "workspace_version": self.workspace_version,
             "record_id": self.record_id,
+            "scope": "record",
             "task": self.task,
             "modality": self.modality,
             "step_label": self.step,
             "step_status": int(status),
             "message": message,
             "time": now.isoformat(),
-            "workspace_version": self.workspace_version,
         }
         data = (json.dumps(line, ensure_ascii=False) + "\n").encode()
         with self._lock:
@@ -181,10 +197,20 @@ class RecordLog:
                 finally:
                     os.close(fd)
         if self.echo:
-            label = "-".join(p for p in (self.task, self.modality, self.step) if p)
-            stamp = now.strftime("%Y-%m-%d %H:%M:%S,") + f"{now.microsecond // 1000:03d}"
-            # sys.stdout is looked up at each call so that doctest and notebooks capture it.
-            print(f"{self.record_id} | {stamp} | {label} : {message}", file=sys.stdout)
+            if level is None:
+                level = logging.ERROR if status == StepStatus.ERROR else logging.INFO
+            echo(self.console, level, message, now.timestamp(), self.fields(status))
+
+    def fields(self, status: StepStatus) -> dict[str, Any]:
+        """What a `[log] format` may name, besides `message` and `asctime`."""
+        return {
+            "record_id": self.record_id,
+            "task": self.task,
+            "modality": self.modality,
+            "step_label": self.step,
+            "label": "-".join(p for p in (self.task, self.modality, self.step) if p),
+            "step_status": int(status),
+        }
 
     def logger(self) -> logging.Logger:
         """A logger for the script (`self.logger`), writing PROCESSING lines to this log."""
@@ -203,9 +229,71 @@ class _Handler(logging.Handler):
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
-            self._log.write(StepStatus.PROCESSING, message)
+            self._log.write(StepStatus.PROCESSING, message, record.levelno)
         except Exception:
             self.handleError(record)
+
+
+# -- the console ---------------------------------------------------------------------------
+
+_FORMAT_KEY = "sinagot_format"  # the LogRecord attribute naming the format of its line
+_console_lock = threading.Lock()
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Prints sinagot's step lines on the `sys.stdout` of the moment (looked up at each
+    line, so that doctest and notebooks capture it), each in the format it carries: two
+    workspaces sharing a logger name keep their own `[log] format`. Other records are left
+    to the logger's other handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._formatters: dict[str, logging.Formatter] = {}
+        self.addFilter(lambda record: hasattr(record, _FORMAT_KEY))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stdout
+
+    def format(self, record: logging.LogRecord) -> str:
+        fmt = getattr(record, _FORMAT_KEY)
+        formatter = self._formatters.get(fmt)
+        if formatter is None:
+            formatter = self._formatters[fmt] = logging.Formatter(fmt)
+        return formatter.format(record)
+
+
+def console_logger(settings: LogSettings) -> logging.Logger:
+    """The logger `[log] name`, at `[log] level`, with one `ConsoleHandler`."""
+    logger = logging.getLogger(settings.name)
+    level = logging.getLevelName(settings.level)
+    if not isinstance(level, int):
+        level = logging.INFO
+    if logger.level != level or not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        with _console_lock:
+            if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+                logger.addHandler(ConsoleHandler())
+            if logger.level != level:
+                logger.setLevel(level)
+    return logger
+
+
+def echo(
+    settings: LogSettings, level: int, message: str, created: float, fields: dict[str, Any]
+) -> None:
+    """Print one step line through the console logger (`[log]`)."""
+    logger = console_logger(settings)
+    if not logger.isEnabledFor(level):
+        return
+    extra = {**fields, _FORMAT_KEY: settings.format or CONSOLE_FORMAT}
+    record = logger.makeRecord(logger.name, level, "(sinagot)", 0, message, (), None, extra=extra)
+    record.created = created
+    record.msecs = (created - int(created)) * 1000
+    logger.handle(record)
 
 
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -223,6 +311,59 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
         return
 
 
+#: sinagot 0.3 rotated a record's log at 512 KiB, keeping this many older files.
+ROTATED_03 = 5
+
+
+def history(dataset: Path | str, record_id: str) -> list[Path]:
+    """A record's log files, oldest first: 0.3's rotated `<id>.log.5` ... `<id>.log.1`
+    (those that exist), then `<id>.log`."""
+    current = log_path(dataset, record_id)
+    older = (current.with_name(f"{current.name}.{n}") for n in range(ROTATED_03, 0, -1))
+    return [*(p for p in older if p.is_file()), current]
+
+
+def _utc(value: object) -> datetime | None:
+    """A line's `time` as a tz-aware UTC datetime: ours carry their offset, 0.3's were naive
+    UTC. None when it is not an ISO 8601 time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def _log_rows(
+    dataset: Path,
+    record_ids: Iterable[str],
+    task: str | None,
+    modality: str | None,
+    step: str | None,
+) -> list[dict[str, Any]]:
+    """The lines of these records' logs in the scope, as dicts of `COLUMNS` (a key a line
+    lacks is None; keys not in `COLUMNS` are left out), `time` a UTC datetime; oldest
+    first, in file order for equal times (a line without a readable time comes last)."""
+    rows = []
+    for record_id in record_ids:
+        for entry in (e for path in history(dataset, record_id) for e in read_lines(path)):
+            if (
+                (task is None or entry.get("task") == task)
+                and (modality is None or entry.get("modality") == modality)
+                and (step is None or entry.get("step_label") == step)
+            ):
+                row = {key: entry.get(key) for key in COLUMNS}
+                row["time"] = _utc(row["time"])
+                rows.append(row)
+    rows.sort(
+        key=lambda row: (row["time"] is None, row["time"] or datetime.min.replace(tzinfo=UTC))
+    )
+    return rows
+
+
 def logs_frame(
     dataset: Path,
     record_ids: Iterable[str],
@@ -230,18 +371,28 @@ def logs_frame(
     modality: str | None = None,
     step: str | None = None,
 ):
-    """A pandas DataFrame of the log entries of these records, filtered by scope."""
+    """A pandas DataFrame of the log lines of these records, filtered by scope: `COLUMNS`
+    (0.3's keys in 0.3's order), `time` tz-aware (UTC), oldest first, a fresh index. Lines
+    written by sinagot 0.3 are read as well as ours. No log: an empty frame, same columns."""
     import pandas as pd  # heavy: only when a DataFrame is asked for
 
-    rows = [
-        entry
-        for record_id in record_ids
-        for entry in read_lines(log_path(dataset, record_id))
-        if (task is None or entry.get("task") == task)
-        and (modality is None or entry.get("modality") == modality)
-        and (step is None or entry.get("step_label") == step)
-    ]
+    rows = _log_rows(dataset, record_ids, task, modality, step)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    if not frame.empty:
-        frame["time"] = pd.to_datetime(frame["time"], format="ISO8601", utc=True)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
     return frame
+
+
+def logs_rows(
+    dataset: Path,
+    record_ids: Iterable[str],
+    task: str | None = None,
+    modality: str | None = None,
+    step: str | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of `logs_frame`, as JSON-safe dicts (`time` as ISO 8601 text in UTC), for
+    `logs_json()`; no pandas needed."""
+    rows = _log_rows(dataset, record_ids, task, modality, step)
+    for row in rows:
+        if row["time"] is not None:
+            row["time"] = row["time"].isoformat()
+    return rows

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import json
 import math
@@ -80,11 +81,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .capture import output_to
+from .config import LogSettings
 from .fingerprints import (
-    Fingerprint,
     content_hash,
     encode_fingerprints,
     stat_known,
@@ -93,7 +94,7 @@ from .fingerprints import (
 from .layout import StepSpec, Unit
 from .patterns import TEMP_PREFIX, PathUnreadable
 from .recordlog import PathRefused, RecordLog, WriteError, inside_dataset, open_regular
-from .scripts import ScriptPaths, check_script, load_script
+from .scripts import ScriptPaths, ScriptTemplate, check_script, load_script
 from .status import StepStatus
 
 #: How a Dask worker's process ends when a step ran past its time limit (as `timeout`'s).
@@ -128,6 +129,10 @@ class StepJob:
     echo: bool = False
     time_limit: float | None = None  # seconds a run may take; None: no limit
     attempts: int = 3  # attempts at one run that may die mid-run before it is FAILED
+    controls: tuple[str, ...] = ()  # PATH_CONTROL, dataset-relative: folders made, no more
+    ignore_missing: bool = False  # run without missing inputs, and after a failed step
+    debug: bool = False  # the result carries a failed script's exception (this process)
+    log: LogSettings = field(default_factory=LogSettings)  # how echoed lines look (`[log]`)
 
     @property
     def key(self) -> str:
@@ -150,6 +155,16 @@ class StepResult:
     input_hashes: str | None = None
     code_hash: str | None = None
     run_id: str = ""
+    #: With `StepJob.debug`: the exception the script (or its loading) raised, for
+    #: `Engine.execute` to raise in the same process. Not a field: never in a receipt,
+    #: never compared; set by `carrying`.
+    exception: ClassVar[Exception | None] = None
+
+    def carrying(self, exc: Exception) -> StepResult:
+        """This result, carrying the exception that failed it (see `exception`)."""
+        copy = dataclasses.replace(self)
+        object.__setattr__(copy, "exception", exc)
+        return copy
 
     @property
     def ok(self) -> bool:
@@ -169,7 +184,7 @@ class StepResult:
     def to_json(self) -> str:
         # Shallow: every field but `unit` is a str, float or None (Outcome is a str), and
         # `asdict`'s deep copy costs a worker more than writing the receipt.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {name: getattr(self, name) for name in _RESULT_FIELDS}
         data["unit"] = self.unit._asdict()
         return json.dumps(data)
 
@@ -327,8 +342,10 @@ def run_step(job: StepJob) -> StepResult:
 
 
 def run_after(job: StepJob, previous: StepResult) -> StepResult:
-    """Run a step once the previous step of its unit is done; skip it if that one was not."""
-    if previous.ok:
+    """Run a step once the previous step of its unit is done; skip it if that one was not,
+    unless the run was asked to `ignore_missing` (0.3 ran every step: the script decides
+    what to do without its inputs). A failure in `debug` ends its chain all the same."""
+    if previous.ok or (job.ignore_missing and previous.exception is None):
         return run_step(job)
     now = time.time()
     return skipped(job, f"not run: earlier step {previous.step} did not succeed", now)
@@ -376,7 +393,7 @@ def _run(job: StepJob, attempt: _Attempt) -> StepResult:
     unit = job.unit
     log = RecordLog(
         job.dataset, unit.record_id, unit.task, unit.modality, job.spec.name,
-        job.workspace_version, job.echo,
+        job.workspace_version, job.echo, job.log,
     )  # fmt: skip
     try:
         log.__enter__()
@@ -498,6 +515,7 @@ class _Run:
         self.in_paths = tuple(os.path.join(job.dataset, rel) for rel in job.inputs)
         self.finals = tuple(os.path.join(job.dataset, rel) for rel in job.outputs)
         self.temps = tuple(temp_path(p, attempt.token) for p in self.finals)
+        self.controls = tuple(os.path.join(job.dataset, rel) for rel in job.controls)
         self.ran: dict[str, str | None] = {"inputs": "", "input_hashes": None}
         self.deadline = _Deadline(job.time_limit, self._killed)
 
@@ -507,27 +525,34 @@ class _Run:
             run_id=self.job.run_id, **extra,
         )  # fmt: skip
 
+    def failed(self, exc: BaseException, error: str, **extra: Any) -> StepResult:
+        """FAILED, logged with the traceback; in `debug`, the result carries the exception."""
+        self.log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
+        result = self.finish(Outcome.FAILED, error, **extra)
+        if self.job.debug and isinstance(exc, Exception):
+            result = result.carrying(exc)
+        return result
+
     def run(self) -> StepResult:
         job, log = self.job, self.log
         if len(self.attempt.dead) >= max(job.attempts, 1):
             return self._given_up()
         log.write(StepStatus.INIT, "Init run")
-        fingerprints: list[Fingerprint] = []
         try:
-            for rel, path in zip(job.inputs, self.in_paths, strict=True):
-                fp = stat_path(path)
-                if fp is None:
-                    message = f"input {rel} is missing"
-                    log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
-                    return self.finish(Outcome.NOT_RUN, message)
-                fingerprints.append(fp)
+            fingerprints = [stat_path(path) for path in self.in_paths]
+            missing = [i for i, fp in enumerate(fingerprints) if fp is None]
+            if missing and not job.ignore_missing:  # ignore_missing: the script decides
+                paths = ", ".join(self.in_paths[i] for i in missing)
+                log.write(StepStatus.DATA_NOT_AVAILABLE, f"Input data {paths} not available")
+                return self.finish(Outcome.NOT_RUN, f"input {job.inputs[missing[0]]} is missing")
             self.ran["inputs"] = encode_fingerprints(job.inputs, fingerprints)
             if job.hash_inputs:
-                pairs = zip(job.inputs, self.in_paths, strict=True)
-                self.ran["input_hashes"] = json.dumps({rel: content_hash(p) for rel, p in pairs})
+                pairs = zip(job.inputs, self.in_paths, fingerprints, strict=True)
+                hashes = {rel: content_hash(p) for rel, p, fp in pairs if fp is not None}
+                self.ran["input_hashes"] = json.dumps(hashes)
         except PathUnreadable as exc:
             message = f"input {os.path.relpath(exc.path, job.dataset)} cannot be read: {exc.error}"
-            log.write(StepStatus.DATA_NOT_AVAILABLE, f"Data not available: {message}")
+            log.write(StepStatus.DATA_NOT_AVAILABLE, f"Input data not available: {message}")
             return self.finish(Outcome.NOT_RUN, message)
         try:
             try:
@@ -537,36 +562,24 @@ class _Run:
                 self.deadline.stop()
         except TimeLimitExceeded as exc:
             self.deadline.stop()
-            error = self.deadline.message
-            log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
-            return self.finish(Outcome.FAILED, error, **self.ran)
+            return self.failed(exc, self.deadline.message, **self.ran)
         finally:
             _remove(self.temps)  # whatever was not renamed into place, even on Ctrl-C
 
     def _load_and_run(self) -> StepResult:
-        job, spec, log, unit = self.job, self.job.spec, self.log, self.job.unit
+        job, spec, log = self.job, self.job.spec, self.log
         try:
             loaded = load_script(spec.script)
         except Exception as exc:
             error = f"cannot load script {spec.script.name}: {one_line(exc)}"
-            log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
-            return self.finish(Outcome.FAILED, error, **self.ran, code_hash=_script_hash(spec))
+            return self.failed(exc, error, **self.ran, code_hash=_script_hash(spec))
         self.ran["code_hash"] = loaded.code_hash
         problem = self._output_folders()
         if problem is not None:
             return problem
         log.write(StepStatus.PROCESSING, "Processing run")
         try:
-            script = loaded.cls(
-                id=unit.record_id,
-                task=unit.task,
-                modality=unit.modality,
-                path=ScriptPaths(
-                    spec.inputs.shape(tuple(map(Path, self.in_paths))),
-                    spec.outputs.shape(tuple(map(Path, self.temps))),
-                ),
-                logger=log.logger(),
-            )
+            script = self._script(loaded.cls)
             if job.echo:
                 script.run()
             else:
@@ -583,19 +596,42 @@ class _Run:
             for temp, final in zip(self.temps, self.finals, strict=True):
                 _replace(temp, final)
         except (Exception, SystemExit) as exc:  # a script's sys.exit() fails its step, no more
-            error = one_line(exc)
-            log.write(StepStatus.ERROR, f"Run failed: {error}\n{_traceback(exc)}")
-            return self.finish(Outcome.FAILED, error, **self.ran)
+            return self.failed(exc, one_line(exc), **self.ran)
         outputs = encode_fingerprints(job.outputs, [stat_known(p) for p in self.finals])
         log.write(StepStatus.DONE, "Run finished")
         return self.finish(Outcome.DONE, outputs=outputs, **self.ran)
 
+    def _script(self, cls: type[ScriptTemplate]) -> ScriptTemplate:
+        """The script, bound to this run: outputs under their temporary names."""
+        job, spec, unit = self.job, self.job.spec, self.job.unit
+        control = (
+            spec.control.shape(tuple(map(Path, self.controls)))
+            if spec.control is not None
+            else None
+        )
+        return cls(
+            id=unit.record_id,
+            task=unit.task,
+            modality=unit.modality,
+            path=ScriptPaths(
+                spec.inputs.shape(tuple(map(Path, self.in_paths))),
+                spec.outputs.shape(tuple(map(Path, self.temps))),
+                control,
+            ),
+            logger=self.log.logger(),
+            label=spec.name,
+            debug=job.debug,
+            ignore_missing=job.ignore_missing,
+            data_path=Path(job.dataset),
+        )
+
     def _output_folders(self) -> StepResult | None:
-        """Make the output folders; a result when one is refused or cannot be written. The
-        temporary outputs of the attempts that died are removed then, once it is safe."""
+        """Make the output folders (and the control paths' folders); a result when one is
+        refused or cannot be written. The temporary outputs of the attempts that died are
+        removed then, once it is safe."""
         error = None
         outcome = Outcome.NOT_RUN
-        for folder in dict.fromkeys(os.path.dirname(p) for p in self.finals):
+        for folder in dict.fromkeys(os.path.dirname(p) for p in (*self.finals, *self.controls)):
             try:
                 inside_dataset(self.job.dataset, folder, "output folder")
             except PathRefused as exc:

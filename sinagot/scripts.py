@@ -17,17 +17,35 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from .errors import ScriptError
 
+if TYPE_CHECKING:
+    from .layout import Patterns, StepSpec
 
-@dataclass(frozen=True)
-class ScriptPaths:
-    """What `self.path` holds in a script: its inputs and outputs, as `Path`s or dicts of them."""
+
+class ScriptPaths(NamedTuple):
+    """What `self.path` holds in a script: its inputs, outputs and control paths, each a
+    `Path` or a dict of them (`control` is None when the script declares no PATH_CONTROL)."""
 
     input: Path | dict[str, Path]
     output: Path | dict[str, Path]
+    control: Path | dict[str, Path] | None = None
+
+
+class DataExist(NamedTuple):
+    """What `self.data_exist` holds: {absolute path: whether it exists}, inputs and outputs."""
+
+    input: dict[Path, bool]
+    output: dict[Path, bool]
+
+
+def _exist(paths: Path | dict[str, Path] | None) -> dict[Path, bool]:
+    if paths is None:
+        return {}
+    found = paths.values() if isinstance(paths, dict) else (paths,)
+    return {Path(path): os.path.exists(path) for path in found}
 
 
 class ScriptTemplate:
@@ -36,10 +54,21 @@ class ScriptTemplate:
     During `run()`, `self.path.output` points at temporary files beside the real outputs;
     sinagot renames them into place only when `run()` returns, so a failed or killed run
     never leaves a file that could be taken for a finished result.
+
+    `PATH_CONTROL` (sinagot 0.3), optional, names files the script may write besides its
+    outputs (a control figure, a report): `self.path.control`. They are neither inputs nor
+    outputs (no staleness, no temporary names); their folders are made before `run()`.
+
+    What a script finds on `self`: `id`, `task`, `modality`, `label` (the step's name),
+    `path` (`.input`, `.output`, `.control`), `data_exist` (`.input`, `.output`: {path:
+    exists?}, looked at on each access), `logger` (lines go to the record's log), `opts`,
+    `data_path` (the dataset folder), and what the run was asked: `debug` (a failure
+    raises in the caller) and `ignore_missing` (run although inputs are missing).
     """
 
     PATH_IN: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]]] = ()
     PATH_OUT: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]]] = ()
+    PATH_CONTROL: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]] | None] = None
 
     def __init__(
         self,
@@ -50,6 +79,10 @@ class ScriptTemplate:
         path: ScriptPaths,
         logger: logging.Logger,
         opts: dict[str, Any] | None = None,
+        label: str | None = None,
+        debug: bool = False,
+        ignore_missing: bool = False,
+        data_path: Path | None = None,
     ) -> None:
         self.id = id
         self.task = task
@@ -57,9 +90,65 @@ class ScriptTemplate:
         self.path = path
         self.logger = logger
         self.opts = dict(opts or {})
+        self.label = label if label is not None else _module_stem(type(self))
+        self.debug = debug
+        self.ignore_missing = ignore_missing
+        self.data_path = data_path
+
+    @property
+    def data_exist(self) -> DataExist:
+        """Whether each input and output exists now: {absolute Path: bool} for each."""
+        path = self.path
+        if path is None:
+            return DataExist({}, {})
+        return DataExist(_exist(path.input), _exist(path.output))
 
     def run(self) -> None:
         raise NotImplementedError(f"{type(self).__name__}.run() is not written")
+
+
+_MODULE_PREFIX = "sinagot_script_"
+
+
+def _module_stem(cls: type) -> str | None:
+    """The name of the file `load_script` loaded a script class from, without '.py' (its
+    step's name, as 0.3 took it from the module); None for any other class."""
+    if not cls.__module__.startswith(_MODULE_PREFIX):
+        return None
+    filename = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return Path(filename).stem if filename else None
+
+
+def bind_script(
+    spec: StepSpec,
+    record_id: str,
+    task: str | None,
+    dataset: Path | str,
+    logger: logging.Logger | None = None,
+) -> ScriptTemplate:
+    """The step's `Script`, loaded fresh from its file and bound to one record outside any
+    run: real (absolute) paths, no temporary names. `record_id` and `task` may be
+    placeholders ("{id}") to show a pattern. Without `logger`, a plain `logging` logger
+    named `sinagot.script.<step>` (nothing is written to the record's log)."""
+    root = Path(dataset)
+
+    def bound(patterns: Patterns) -> Path | dict[str, Path]:
+        return patterns.shape(tuple(root / rel for rel in patterns.relative(record_id, task)))
+
+    cls = load_script(spec.script).cls
+    return cls(
+        id=record_id,
+        task=task,
+        modality=spec.modality,
+        path=ScriptPaths(
+            bound(spec.inputs),
+            bound(spec.outputs),
+            bound(spec.control) if spec.control is not None else None,
+        ),
+        logger=logger if logger is not None else logging.getLogger(f"sinagot.script.{spec.name}"),
+        label=spec.name,
+        data_path=root,
+    )
 
 
 @dataclass(frozen=True)
@@ -121,7 +210,7 @@ def _compile(path: Path, source: bytes) -> tuple[types.CodeType, str]:
 def load_script(path: Path) -> LoadedScript:
     """Execute a script file in a fresh module and return its `Script` class."""
     code, digest = _compile(path, _read(path))
-    name = f"sinagot_script_{code_hash(str(path).encode())}"
+    name = f"{_MODULE_PREFIX}{code_hash(str(path).encode())}"
     module = types.ModuleType(name)
     module.__file__ = str(path)
     # Registered so that dataclasses, pickle and friends can find the module while it runs.
@@ -133,10 +222,17 @@ def load_script(path: Path) -> LoadedScript:
     return LoadedScript(cls, digest)
 
 
-def read_patterns(path: Path) -> tuple[object, object]:
-    """PATH_IN and PATH_OUT of a script, from its source when they are literals.
+#: The class attributes that say where a step reads and writes.
+PATTERN_NAMES = ("PATH_IN", "PATH_OUT", "PATH_CONTROL")
 
-    Falls back to executing the script when they are computed or inherited.
+
+def read_patterns(path: Path) -> tuple[object, object, object]:
+    """PATH_IN, PATH_OUT and PATH_CONTROL (None if not declared) of a script, from its
+    source when they are literals.
+
+    Falls back to executing the script when one is computed or inherited (PATH_CONTROL is
+    known to be None without running it when the class neither sets it nor has a base
+    other than `ScriptTemplate`).
     """
     source = _read(path)
     try:
@@ -144,8 +240,11 @@ def read_patterns(path: Path) -> tuple[object, object]:
     except SyntaxError as exc:
         raise ScriptError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
     found: dict[str, object] = {}
+    assigned: set[str] = set()
+    plain_base = False
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Script":
+            plain_base = bool(node.bases) and all(_is_template(b) for b in node.bases)
             for stmt in node.body:
                 targets = (
                     stmt.targets
@@ -155,18 +254,28 @@ def read_patterns(path: Path) -> tuple[object, object]:
                     else []
                 )
                 for target in targets:
-                    if isinstance(target, ast.Name) and target.id in ("PATH_IN", "PATH_OUT"):
+                    if isinstance(target, ast.Name) and target.id in PATTERN_NAMES:
+                        assigned.add(target.id)
+                        found.pop(target.id, None)  # a later assignment wins, literal or not
                         with contextlib.suppress(ValueError):
                             found[target.id] = ast.literal_eval(stmt.value)  # type: ignore[arg-type]
-    if len(found) == 2:
-        return found["PATH_IN"], found["PATH_OUT"]
+    if "PATH_CONTROL" not in assigned and plain_base:
+        found["PATH_CONTROL"] = None
+    if all(name in found for name in PATTERN_NAMES):
+        return found["PATH_IN"], found["PATH_OUT"], found["PATH_CONTROL"]
     try:
         cls = load_script(path).cls
     except ScriptError:
         raise
     except Exception as exc:  # the user's module raised while importing
         raise ScriptError(f"{path}: importing the script raised {exc!r}") from None
-    return cls.PATH_IN, cls.PATH_OUT
+    return cls.PATH_IN, cls.PATH_OUT, cls.PATH_CONTROL
+
+
+def _is_template(base: ast.expr) -> bool:
+    """Whether a base class, as written, is sinagot's `ScriptTemplate`."""
+    name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
+    return name == "ScriptTemplate"
 
 
 def check_script(path: Path) -> tuple[str | None, str | None]:

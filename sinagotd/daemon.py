@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sinagot import __version__
 from sinagot.cluster import ClusterError, Connection, connect, resolve_address
+from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
 from sinagot.execute import DaskExecutor, Submitted, newest_input
 from sinagot.layout import Scope, Unit
@@ -29,7 +30,6 @@ from sinagot.recordlog import LOG_FOLDER
 from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
 from sinagot.runner import Outcome, StepResult, one_line, refused_result
 from sinagot.state import StateError
-from sinagot.workspace import Workspace
 
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
@@ -118,7 +118,7 @@ class Daemon:
     def startup(self) -> None:
         """Config, state store and lock, cluster, first scan, observer. Raises ConfigError."""
         started = self.clock()
-        self.ws = Workspace(self.options.workspace, verbose=False)
+        self.ws = Engine(self.options.workspace, verbose=False)
         self.settings = self._settings(self.ws)
         self.ws.check_folders()
         self.ws.lock.acquire("sinagotd")
@@ -165,14 +165,14 @@ class Daemon:
         self._next_rescan = self.clock() + self.settings.rescan_seconds
         self._next_ping = self.clock()
 
-    def _settings(self, ws: Workspace) -> DaemonSettings:
+    def _settings(self, ws: Engine) -> DaemonSettings:
         return load_settings(
             ws.config,
             settle_seconds=self.options.settle_seconds,
             log_format=self.options.log_format,
         )
 
-    def _executor(self, ws: Workspace) -> DaskExecutor:
+    def _executor(self, ws: Engine) -> DaskExecutor:
         address = resolve_address(self.options.scheduler, ws.config.dask)
         return DaskExecutor(lambda: connect(address, ws.config.dask), ws.config.dask.max_in_flight)
 
@@ -672,7 +672,7 @@ class Daemon:
     def reload(self, why: str) -> None:
         path = str(self.ws.config.files[0])
         try:
-            ws = Workspace(self.options.workspace, verbose=False)
+            ws = Engine(self.options.workspace, verbose=False)
             settings = self._settings(ws)
         except ConfigError as exc:
             self.log.error("config.invalid", path=path, error=str(exc), trigger=why)
@@ -750,7 +750,7 @@ class Daemon:
                 signal.signal(sig, handler)
 
 
-def _moved(old: Workspace, new: Workspace) -> str | None:
+def _moved(old: Engine, new: Engine) -> str | None:
     """What a reload cannot apply in place: where the data and the writer's lock live."""
     if new.config.dataset != old.config.dataset:
         return "[path] dataset"
@@ -759,7 +759,7 @@ def _moved(old: Workspace, new: Workspace) -> str | None:
     return None
 
 
-def _folders(ws: Workspace) -> tuple[Path, ...]:
+def _folders(ws: Engine) -> tuple[Path, ...]:
     return (ws.config.scripts, *sorted({f.parent for f in ws.config.files}))
 
 

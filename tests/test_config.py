@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sinagot import ConfigError, SinagotError, Workspace
+from sinagot import ConfigError, RecordIdError, SinagotError, Workspace
 from sinagot.config import load_config
+from sinagot.engine import Engine
 from sinagot.layout import Scope
+from sinagot.models.pandas import PandasRecord, PandasRecordCollection
+from sinagot.models.processed import ProcessedRecord, ProcessedRecordCollection
 from sinagotd.settings import load_settings
 
 # -- helpers -----------------------------------------------------------------------------
@@ -159,7 +162,7 @@ def test_a_folder_loads_its_workspace_toml_with_documented_defaults(tmp_path):
 
     ws = Workspace(tmp_path)
 
-    config = ws.config
+    config = ws._engine.config
     assert config.files == (tmp_path / "workspace.toml",)
     assert config.steps == ("count", "mean")
     assert not config.scoped
@@ -173,8 +176,8 @@ def test_a_folder_loads_its_workspace_toml_with_documented_defaults(tmp_path):
         2,
         1,
     )
-    assert [s.name for s in ws.layout.steps(None, None)] == ["count", "mean"]
-    assert ws.layout.steps(None, None)[0].script == tmp_path / "scripts" / "count.py"
+    assert [s.name for s in ws._engine.layout.steps(None, None)] == ["count", "mean"]
+    assert ws._engine.layout.steps(None, None)[0].script == tmp_path / "scripts" / "count.py"
 
 
 def test_a_toml_file_of_any_name_loads_with_paths_relative_to_its_own_folder(tmp_path, monkeypatch):
@@ -189,7 +192,7 @@ def test_a_toml_file_of_any_name_loads_with_paths_relative_to_its_own_folder(tmp
     monkeypatch.chdir(elsewhere)  # relative to the file's folder, not the current one
 
     for source in (conf, str(conf)):
-        config = Workspace(source).config
+        config = Engine(source).config
         assert config.files == (conf,)
         assert config.dataset == tmp_path / "data"
         assert config.scripts == tmp_path / "scripts"
@@ -199,7 +202,7 @@ def test_a_relative_file_name_is_taken_from_the_current_folder(tmp_path, monkeyp
     unit_workspace(tmp_path)
     monkeypatch.chdir(tmp_path)
 
-    config = Workspace("workspace.toml").config
+    config = Engine("workspace.toml").config
 
     assert config.files == (tmp_path / "workspace.toml",)
     assert config.dataset == tmp_path / "dataset"
@@ -267,7 +270,7 @@ def test_files_merge_in_order_later_keys_win_and_tables_merge_key_by_key(tmp_pat
     )
 
     ws = Workspace([base, site])
-    config = ws.config
+    config = ws._engine.config
 
     assert config.files == (base, site)
     # the second file's [path] dataset wins, and it is resolved against the FIRST file's folder
@@ -281,7 +284,7 @@ def test_files_merge_in_order_later_keys_win_and_tables_merge_key_by_key(tmp_pat
     assert config.version == "1.1"
     # a list is a value: replaced, not concatenated
     assert config.steps == ("count",)
-    assert [s.name for s in ws.layout.steps(None, None)] == ["count"]
+    assert [s.name for s in ws._engine.layout.steps(None, None)] == ["count"]
 
 
 def test_merge_order_decides_which_file_wins(tmp_path):
@@ -453,10 +456,19 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path, load_fails):
 # -- [records] -------------------------------------------------------------------------------
 
 
-def test_missing_id_pattern_is_named(tmp_path, load_fails):
+def test_without_id_pattern_any_name_in_place_of_id_is_a_record(tmp_path):
+    # sinagot 0.3 loaded such a workspace but could not list its records.
     unit_workspace(tmp_path, '[steps]\nscripts = ["count"]\n')
+    raw = tmp_path / "dataset" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("S01-raw.csv", "pilot 2-raw.csv", ".hidden-raw.csv", "notes.txt"):
+        (raw / name).write_text("x\n")
 
-    load_fails(tmp_path, str(tmp_path / "workspace.toml"), "[records] id_pattern", "missing")
+    ws = Workspace(tmp_path, verbose=False)
+
+    assert sorted(ws.records.ids()) == ["S01", "pilot 2"]
+    with pytest.raises(RecordIdError):
+        ws.records.get("../S01")
 
 
 def test_an_invalid_id_pattern_regex_is_named(tmp_path, load_fails):
@@ -551,7 +563,7 @@ def test_an_anchored_or_flagged_id_pattern_still_finds_records(tmp_path, pattern
         ),
         pytest.param("[state]\npath = ['a']", "[state] path", "expected a string", id="state-list"),
         pytest.param(
-            "[workspace]\nversion = 2", "[workspace] version", "expected a string", id="version"
+            "[workspace]\nversion = ['2']", "[workspace] version", "expected a string", id="version"
         ),
     ],
 )
@@ -684,13 +696,13 @@ def test_a_table_unrelated_to_sinagot_is_accepted_and_ignored(tmp_path, name):
 
     ws = Workspace(tmp_path)
 
-    assert ws.config.steps == ("count", "mean")
+    assert ws._engine.config.steps == ("count", "mean")
 
 
 def test_the_daemon_table_is_accepted_and_handed_to_the_daemon(tmp_path):
     unit_workspace(tmp_path, UNIT_TOML + '\n[daemon]\nsettle_seconds = 2\nobserver = "polling"\n')
 
-    config = Workspace(tmp_path).config
+    config = Engine(tmp_path).config
 
     assert dict(config.daemon) == {"settle_seconds": 2, "observer": "polling"}
 
@@ -714,16 +726,20 @@ def test_a_table_given_as_a_plain_value_is_named(tmp_path, load_fails, toml, key
 # -- [steps] (unit mode) ---------------------------------------------------------------------
 
 
-def test_steps_and_tasks_together_are_refused(tmp_path, load_fails):
-    unit_workspace(tmp_path, UNIT_TOML + '\n[tasks.RS]\nmodalities = ["EEG"]\n')
+def test_steps_beside_tasks_and_modalities_is_accepted_as_sinagot_0_3_did(tmp_path):
+    # 0.3's documentation made [steps] a required section; with tasks, the modalities name
+    # the steps and [steps] has no effect (in 0.3 as here).
+    scoped_workspace(tmp_path, SCOPED_TOML + '\n[steps]\nscripts = ["count"]\n')
 
-    load_fails(tmp_path, str(tmp_path / "workspace.toml"), "[steps]", "not both")
+    config = load_config(tmp_path)
+
+    assert config.scoped and config.steps is None
 
 
-def test_steps_and_modalities_together_are_refused(tmp_path, load_fails):
+def test_modalities_without_tasks_are_refused(tmp_path, load_fails):
     unit_workspace(tmp_path, UNIT_TOML + '\n[modalities.EEG]\nscripts = ["count"]\n')
 
-    load_fails(tmp_path, "[steps]", "not both")
+    load_fails(tmp_path, "[tasks]", "no task declared")
 
 
 def test_a_workspace_with_neither_steps_nor_tasks_asks_for_the_step_list(tmp_path, load_fails):
@@ -791,9 +807,9 @@ def test_a_scoped_workspace_has_the_units_and_steps_its_config_describes(tmp_pat
     scoped_workspace(tmp_path)
 
     ws = Workspace(tmp_path)
-    layout = ws.layout
+    layout = ws._engine.layout
 
-    assert ws.config.scoped and ws.config.steps is None
+    assert ws._engine.config.scoped and ws._engine.config.steps is None
     assert layout.tasks == ("RS", "MMN", "HDC")
     assert layout.modalities == ("EEG", "behavior", "clinical")
     assert layout.unit_keys(Scope()) == [
@@ -822,8 +838,8 @@ def test_a_scoped_workspace_has_the_units_and_steps_its_config_describes(tmp_pat
     mismatch = layout.steps("MMN", "EEG")[1]
     assert [label for label, _ in mismatch.inputs.items] == ["eeg", "events"]
 
-    assert ws.config.tasks["HDC"] == ("EEG", "behavior", "clinical")
-    assert dict(ws.config.modalities["EEG"].task_scripts) == {
+    assert ws._engine.config.tasks["HDC"] == ("EEG", "behavior", "clinical")
+    assert dict(ws._engine.config.modalities["EEG"].task_scripts) == {
         "RS": ("alpha",),
         "MMN": ("mismatch",),
     }
@@ -909,13 +925,15 @@ def test_a_reserved_name_cannot_be_a_task_or_modality(tmp_path, load_fails, extr
 def test_no_task_can_be_named_like_an_attribute_of_the_api(tmp_path):
     scoped_workspace(tmp_path)
     ws = Workspace(tmp_path)
+    plugins = (PandasRecord, PandasRecordCollection, ProcessedRecord, ProcessedRecordCollection)
     public = {
         name
-        for obj in (ws, ws.records, ws.records.get("REC-200331-A"))
+        for obj in (ws, ws.records, ws.records.get("REC-200331-A"), *plugins)
         for name in dir(obj)
         if not name.startswith("_")
-    }
-    assert {"records", "steps", "dataset"} <= public
+    } - {"RS", "MMN", "HDC", "EEG", "behavior", "clinical"}  # its subscopes are listed too
+    assert {"records", "steps", "data_path", "count_raw_data", "data"} <= public
+    assert not {"ingest_receipts", "executor", "lock", "generation", "plan"} & public
 
     accepted = []
     for name in sorted(public):
@@ -1035,7 +1053,7 @@ def test_a_script_with_a_syntax_error_past_its_patterns_loads_marked_broken(tmp_
     )
     before = tree(tmp_path)
 
-    count, broken = Workspace(tmp_path).layout.steps(None, None)
+    count, broken = Engine(tmp_path).layout.steps(None, None)
 
     assert broken.broken == f"{mean}, line 8: syntax error: expected ':'"
     assert [str(p) for p in broken.inputs.patterns] == ["computed/{id}-count.csv"]
@@ -1179,7 +1197,7 @@ def test_computed_patterns_load_by_importing_the_script(tmp_path):
 
     ws = Workspace(tmp_path)
 
-    count = ws.layout.steps(None, None)[0]
+    count = ws._engine.layout.steps(None, None)[0]
     assert [str(p) for p in count.inputs.patterns] == ["raw/{id}-raw.csv"]
     assert [str(p) for p in count.outputs.patterns] == ["computed/{id}-count.csv"]
     assert ws.records.ids() == ["REC-7"]
@@ -1204,7 +1222,7 @@ def test_inherited_patterns_load(tmp_path):
         """,
     )
 
-    mean = Workspace(tmp_path).layout.steps(None, None)[1]
+    mean = Engine(tmp_path).layout.steps(None, None)[1]
 
     assert [label for label, _ in mean.outputs.items] == ["mean", "sd"]
     assert [str(p) for p in mean.inputs.patterns] == ["computed/{id}-count.csv"]
@@ -1232,7 +1250,7 @@ def test_literal_patterns_load_without_importing_the_script(tmp_path):
 
     ws = Workspace(tmp_path)
 
-    assert [s.name for s in ws.layout.steps(None, None)] == ["count", "mean"]
+    assert [s.name for s in ws._engine.layout.steps(None, None)] == ["count", "mean"]
 
 
 # -- the bad-input rule ------------------------------------------------------------------------
@@ -1276,8 +1294,12 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_bundled_examples_still_load(example):
     ws = Workspace(REPO / "example" / example, verbose=False)
 
-    assert ws.layout.unit_keys(Scope())
-    assert all(s.broken is None for k in ws.layout.unit_keys(Scope()) for s in ws.layout.steps(*k))
+    assert ws._engine.layout.unit_keys(Scope())
+    assert all(
+        s.broken is None
+        for k in ws._engine.layout.unit_keys(Scope())
+        for s in ws._engine.layout.steps(*k)
+    )
 
 
 def test_a_modality_step_without_task_in_its_output_run_by_two_tasks_is_refused(
@@ -1681,7 +1703,7 @@ def test_an_unclosed_parenthesis_early_in_a_script_still_lets_the_workspace_load
 
     ws = Workspace(tmp_path)
 
-    step = ws.layout.steps(None, None)[1]
+    step = ws._engine.layout.steps(None, None)[1]
     assert step.broken == f"{mean}, line 3: syntax error: '(' was never closed"
     assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-mean.csv"]
     assert ws.records.ids() == ["REC-1"]
@@ -1696,7 +1718,7 @@ def test_a_long_method_without_its_colon_still_lets_the_workspace_load(tmp_path)
         + body,
     )
 
-    step = Workspace(tmp_path).layout.steps(None, None)[1]
+    step = Engine(tmp_path).layout.steps(None, None)[1]
 
     assert "syntax error: expected ':'" in step.broken
     assert [str(p) for p in step.inputs.patterns] == ["computed/{id}-count.csv"]
@@ -1705,7 +1727,7 @@ def test_a_long_method_without_its_colon_still_lets_the_workspace_load(tmp_path)
 def test_a_nul_byte_in_a_script_marks_it_broken_at_its_line(tmp_path):
     mean = broken_mean(tmp_path, script_source(*MEAN) + "\n# a stray \0 byte\n")
 
-    step = Workspace(tmp_path).layout.steps(None, None)[1]
+    step = Engine(tmp_path).layout.steps(None, None)[1]
 
     line = script_source(*MEAN).count("\n") + 2
     assert step.broken == f"{mean}, line {line}: syntax error: a NUL byte"
@@ -1770,10 +1792,10 @@ BROKEN_CLASS_LINE = "from sinagot import ScriptTemplate\n\nclass Script(ScriptTe
 def test_a_script_broken_on_its_class_line_keeps_the_patterns_of_the_last_good_load(tmp_path):
     unit_workspace(tmp_path)
     (tmp_path / "dataset" / ".sinagot").mkdir(parents=True)
-    Workspace(tmp_path).layout.remember_patterns()  # as the daemon or `sinagot run` does
+    Engine(tmp_path).layout.remember_patterns()  # as the daemon or `sinagot run` does
     mean = write(tmp_path / "scripts" / "mean.py", BROKEN_CLASS_LINE)
 
-    step = Workspace(tmp_path).layout.steps(None, None)[1]
+    step = Engine(tmp_path).layout.steps(None, None)[1]
 
     assert step.broken == f"{mean}, line 3: syntax error: invalid syntax"
     assert [str(p) for p in step.inputs.patterns] == ["computed/{id}-count.csv"]
@@ -1789,10 +1811,10 @@ def test_computed_patterns_of_a_script_that_no_longer_parses_come_from_the_last_
         "PATH_OUT = ('computed', '{id}-mean.csv')", "PATH_OUT = ('computed', '{id}-' + 'avg.csv')"
     )
     write(tmp_path / "scripts" / "mean.py", computed)
-    Workspace(tmp_path).layout.remember_patterns()
+    Engine(tmp_path).layout.remember_patterns()
     write(tmp_path / "scripts" / "mean.py", computed.replace("def run(self):", "def run(self)"))
 
-    step = Workspace(tmp_path).layout.steps(None, None)[1]
+    step = Engine(tmp_path).layout.steps(None, None)[1]
 
     assert "line 8: syntax error" in step.broken
     assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-avg.csv"]
@@ -1807,7 +1829,7 @@ def test_patterns_edited_along_with_a_slip_are_taken_from_the_file_not_the_last_
         script_source(MEAN[0], ("computed", "{id}-median.csv")).replace("run(self):", "run(self)"),
     )
 
-    step = Workspace(tmp_path).layout.steps(None, None)[1]
+    step = Engine(tmp_path).layout.steps(None, None)[1]
 
     assert step.broken is not None
     assert [str(p) for p in step.outputs.patterns] == ["computed/{id}-median.csv"]

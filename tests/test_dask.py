@@ -209,7 +209,7 @@ def test_dask_mode_gives_the_same_results_as_the_main_process(tmp_path, example)
         local_status = status_rows(ws)
     with Workspace(distributed, verbose=False) as ws:
         ws.steps.run()
-        executor = ws.executor
+        executor = ws._engine.executor
         assert isinstance(executor, DaskExecutor)
         assert executor.connection.scheduler == "embedded"
         client = executor.connection.client
@@ -234,13 +234,13 @@ def test_dask_mode_gives_the_same_results_as_the_main_process(tmp_path, example)
 def test_a_workspace_runs_on_an_external_scheduler(harbor, scheduler):
     before = transitions(scheduler)
     with Workspace(harbor, verbose=False, scheduler=scheduler) as ws:
-        plans = ws.plan(ws.units(Scope()))
+        plans = ws._engine.plan(ws._engine.units(Scope()))
         chains = collections.defaultdict(list)
         for plan in plans:
-            chains[plan.unit].append(ws.job(plan))
+            chains[plan.unit].append(ws._engine.job(plan))
         expected = {job.key for c in chains.values() for job in c}
         ws.steps.run()
-        assert ws.executor.connection.scheduler == scheduler
+        assert ws._engine.executor.connection.scheduler == scheduler
         assert set(statuses(ws).values()) == {StepStatus.DONE}
 
     computed = harbor / "dataset" / "computed"
@@ -282,7 +282,7 @@ def test_the_dask_address_in_the_config_is_used(harbor, scheduler):
     before = transitions(scheduler)
     with Workspace(harbor, verbose=False) as ws:
         ws.records.get("REC-20200602").steps.run()
-        assert ws.executor.connection.scheduler == scheduler
+        assert ws._engine.executor.connection.scheduler == scheduler
     ran = steps_in(new_keys(before, transitions(scheduler)))
     assert sorted(ran) == ["count-REC-20200602", "mean-REC-20200602"]
 
@@ -431,7 +431,7 @@ def test_a_step_is_recorded_as_soon_as_it_ends_not_when_its_chain_does(harbor, s
                 seen.append(status[("REC-20200601", None, None, "mean")])
                 release.touch()
 
-        ws.execute(ws.plan(ws.units(Scope(), ["REC-20200601"])), on_result)
+        ws._engine.execute(ws._engine.plan(ws._engine.units(Scope(), ["REC-20200601"])), on_result)
     assert seen == [("count", "done"), StepStatus.DONE, StepStatus.PROCESSING, ("mean", "done")]
     out = harbor / "dataset" / "computed" / "REC-20200601-mean.csv"
     assert out.read_text() == "released"
@@ -444,8 +444,8 @@ def _keys(workspace: Path, generation: str) -> dict[str, str]:
     """{step-unit: Dask task key} of every step that would run, for one run's generation."""
     with Workspace(workspace, verbose=False) as ws:
         chains = collections.defaultdict(list)
-        for plan in ws.plan(ws.units(Scope()), stale_only=True):
-            chains[plan.unit].append(ws.job(plan))
+        for plan in ws._engine.plan(ws._engine.units(Scope()), stale_only=True):
+            chains[plan.unit].append(ws._engine.job(plan))
         return {
             job.key: task_key(job, chain_token(c, generation)) for c in chains.values() for job in c
         }
@@ -466,12 +466,14 @@ def test_task_keys_are_readable_and_name_one_run(harbor, tmp_path):
 def test_a_run_resubmitted_after_its_submitter_died_keeps_its_name(harbor):
     """A copy of it may still run on a worker: the same name lets it be waited for."""
     with Workspace(harbor, verbose=False) as ws:
-        unit = ws.units(Scope(), ["REC-20200601"])[0]
-        chain = [ws.job(p) for p in ws.plan([unit]) if p.run]
-        assert ws.generation(unit, chain) != ws.generation(unit, chain), "fresh each time"
-        ws.store.mark_submitted([(unit, job.spec.name, "0ldrun00") for job in chain])
+        unit = ws._engine.units(Scope(), ["REC-20200601"])[0]
+        chain = [ws._engine.job(p) for p in ws._engine.plan([unit]) if p.run]
+        assert ws._engine.generation(unit, chain) != ws._engine.generation(unit, chain), (
+            "fresh each time"
+        )
+        ws._engine.store.mark_submitted([(unit, job.spec.name, "0ldrun00") for job in chain])
     with Workspace(harbor, verbose=False) as ws:  # the submitter died; another one comes
-        assert ws.generation(unit, chain) == "0ldrun00"
+        assert ws._engine.generation(unit, chain) == "0ldrun00"
 
 
 # -- newest first ----------------------------------------------------------------------------

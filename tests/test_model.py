@@ -126,10 +126,11 @@ def test_a_new_record_shows_up_without_a_new_workspace(harbor):
 
 def test_valid_pairs_select_a_unit(eeg):
     ws = Workspace(eeg, verbose=False)
-    assert ws.RS.EEG.scope == ws.EEG.RS.scope
-    assert (ws.HDC.behavior.scope.task, ws.HDC.behavior.scope.modality) == ("HDC", "behavior")
+    assert (ws.RS.EEG.task, ws.RS.EEG.modality) == (ws.EEG.RS.task, ws.EEG.RS.modality)
+    assert (ws.HDC.behavior.task, ws.HDC.behavior.modality) == ("HDC", "behavior")
+    assert ws.HDC.behavior.is_unit and not ws.HDC.is_unit
     rec = ws.records.get("REC-200331-A")
-    assert (rec.RS.clinical.scope.task, rec.RS.clinical.scope.modality) == ("RS", "clinical")
+    assert (rec.RS.clinical.task, rec.RS.clinical.modality) == ("RS", "clinical")
     assert rec.RS.clinical.id == "REC-200331-A"
 
 
@@ -202,14 +203,14 @@ def test_two_workspaces_never_share_state(eeg, tmp_path):
     with pytest.raises(AttributeError, match="valid here: A, B, M"):
         other.RS  # noqa: B018
     assert other.records.ids() == ["S001"]
-    assert other.steps.scripts_names() == ["measure"]
+    assert other.steps.scripts_names() == {"M": ["measure"]}
 
     # The first workspace is untouched by the second one.
     with pytest.raises(AttributeError, match="valid here: RS, MMN, HDC, EEG, behavior, clinical"):
         first.A  # noqa: B018
     assert repr(first.RS.EEG) == "<RecordCollection instance | task: RS, modality: EEG>"
     assert sorted(first.records.ids()) == sorted(EEG_IDS)
-    assert "measure" not in first.steps.scripts_names()
+    assert "measure" not in [n for names in first.steps.scripts_names().values() for n in names]
 
 
 def test_two_workspaces_with_same_step_names_keep_their_own_scripts(harbor, tmp_path):
@@ -243,26 +244,31 @@ def test_steps_of_each_scope_in_order(eeg):
     assert rec.RS.EEG.steps.first().label == "preprocess"
     assert ws.MMN.EEG.steps.scripts_names() == ["preprocess", "mismatch"]
     assert ws.HDC.behavior.steps.scripts_names() == ["scores"]
-    assert sorted(ws.HDC.steps.scripts_names()) == ["preprocess", "scores", "summary"]
-    assert sorted(ws.RS.steps.scripts_names()) == ["alpha", "preprocess", "summary"]
-    assert sorted(ws.steps.scripts_names()) == [
-        "alpha", "mismatch", "preprocess", "scores", "summary",
-    ]  # fmt: skip
+    # Without a modality, one entry per modality (sinagot 0.3's shape).
+    assert ws.HDC.steps.scripts_names() == {
+        "EEG": ["preprocess"], "behavior": ["scores"], "clinical": ["summary"],
+    }  # fmt: skip
+    assert ws.RS.steps.scripts_names() == {"EEG": ["preprocess", "alpha"], "clinical": ["summary"]}
+    assert ws.steps.scripts_names() == {
+        "EEG": ["preprocess", "alpha", "mismatch"], "behavior": ["scores"], "clinical": ["summary"],
+    }  # fmt: skip
+    assert ws.steps.count() == {"EEG": 3, "behavior": 1, "clinical": 1}
 
 
-def test_get_of_an_unknown_step_names_the_valid_ones(eeg):
+def test_running_an_unknown_step_names_the_valid_ones(eeg):
     rs_eeg = Workspace(eeg, verbose=False).records.get("REC-200331-A").RS.EEG
+    assert rs_eeg.steps.get("mismatch") is None  # an MMN step, not an RS one (0.3: None)
     with pytest.raises(KeyError) as exc:
-        rs_eeg.steps.get("mismatch")  # an MMN step, not an RS one
+        rs_eeg.steps.run("mismatch")
     message = str(exc.value)
     assert "mismatch" in message
     assert "preprocess" in message
     assert "alpha" in message
 
 
-def test_step_script_is_the_script_class(harbor, eeg):
+def test_step_script_is_the_users_script(harbor, eeg):
     count = Workspace(harbor, verbose=False).steps.get("count").script
-    assert issubclass(count, ScriptTemplate)
+    assert isinstance(count, ScriptTemplate)  # 0.3: an instance of the user's script
     assert count.PATH_IN == ("raw", "{id}-raw.csv")
     assert count.PATH_OUT == ("computed", "{id}-count.csv")
 

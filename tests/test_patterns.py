@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import sinagot
 from sinagot import RecordIdError, Workspace
 from sinagot.layout import Unit
-from sinagot.model import Record
+from sinagot.models import Record
 from sinagot.patterns import TEMP_PREFIX, Match, PathPattern, check_linear, check_record_id
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example"
@@ -472,11 +472,11 @@ def test_record_id_error_is_a_value_error():
 
 @pytest.mark.parametrize("record_id", ESCAPING_IDS)
 def test_records_get_refuses_ids_that_could_leave_the_dataset(harbor, record_id):
-    before = all_files(harbor.dataset.parent)
+    before = all_files(harbor._engine.dataset.parent)
     with pytest.raises(RecordIdError) as caught:
         harbor.records.get(record_id)
     assert repr(record_id) in str(caught.value)
-    assert all_files(harbor.dataset.parent) == before
+    assert all_files(harbor._engine.dataset.parent) == before
 
 
 @pytest.mark.parametrize(
@@ -488,7 +488,7 @@ def test_records_get_refuses_ids_that_do_not_match_id_pattern(harbor, record_id)
     message = str(caught.value)
     assert repr(record_id) in message
     assert "id_pattern" in message
-    assert repr(harbor.config.id_regex.pattern) in message
+    assert repr(harbor._engine.config.id_regex.pattern) in message
 
 
 def test_records_get_gives_a_record_before_its_files_arrive(harbor):
@@ -520,7 +520,7 @@ def test_scoped_records_get_checks_ids_too(eeg):
     ],
 )
 def test_units_for_path_maps_inputs_and_outputs_to_their_record(harbor, relative):
-    assert harbor.layout.units_for_path(relative) == [Unit("REC-20200601", None, None)]
+    assert harbor._engine.layout.units_for_path(relative) == [Unit("REC-20200601", None, None)]
 
 
 @pytest.mark.parametrize(
@@ -537,7 +537,7 @@ def test_units_for_path_maps_inputs_and_outputs_to_their_record(harbor, relative
     ],
 )
 def test_units_for_path_ignores_unrelated_paths(harbor, relative):
-    assert harbor.layout.units_for_path(relative) == []
+    assert harbor._engine.layout.units_for_path(relative) == []
 
 
 @pytest.mark.parametrize(
@@ -552,11 +552,11 @@ def test_units_for_path_ignores_unrelated_paths(harbor, relative):
     ],
 )
 def test_units_for_path_maps_a_task_path_to_its_one_unit(eeg, relative, task, modality):
-    assert eeg.layout.units_for_path(relative) == [Unit("REC-200331-A", task, modality)]
+    assert eeg._engine.layout.units_for_path(relative) == [Unit("REC-200331-A", task, modality)]
 
 
 def test_units_for_path_maps_a_shared_file_to_every_task_using_it(eeg):
-    units = eeg.layout.units_for_path("REC-200331-A/clinical.json")
+    units = eeg._engine.layout.units_for_path("REC-200331-A/clinical.json")
     assert len(units) == 3
     assert set(units) == {Unit("REC-200331-A", t, "clinical") for t in ("RS", "MMN", "HDC")}
 
@@ -574,7 +574,7 @@ def test_units_for_path_maps_a_shared_file_to_every_task_using_it(eeg):
     ],
 )
 def test_units_for_path_ignores_unrelated_eeg_paths(eeg, relative):
-    assert eeg.layout.units_for_path(relative) == []
+    assert eeg._engine.layout.units_for_path(relative) == []
 
 
 # -- bounded matching (RE2) ------------------------------------------------------------------

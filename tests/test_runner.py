@@ -17,6 +17,7 @@ from faults.harness import lock_waiter_in, wait_until
 
 from sinagot import StepStatus, Workspace
 from sinagot.errors import ScriptError
+from sinagot.layout import Scope
 from sinagot.recordlog import RecordLog, log_path, read_lines
 from sinagot.runner import Outcome, StepJob, StepResult, receipt_name, run_step
 from sinagot.scripts import code_hash, load_script
@@ -161,10 +162,10 @@ def count_job(root: Path, run_id: str) -> StepJob:
     with Workspace(root, verbose=False) as ws:
         (plan,) = [
             p
-            for p in ws.plan(ws.units(ws.records.scope, ["REC-20200601"]))
+            for p in ws._engine.plan(ws._engine.units(Scope(), ["REC-20200601"]))
             if p.step.name == "count"
         ]
-        return dataclasses.replace(ws.job(plan), run_id=run_id)
+        return dataclasses.replace(ws._engine.job(plan), run_id=run_id)
 
 
 def init_runs(job: StepJob) -> int:

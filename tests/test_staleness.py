@@ -81,7 +81,7 @@ def eeg_outputs(dataset: Path) -> dict[str, int]:
 
 def statuses(ws: Workspace) -> dict[tuple, tuple[StepStatus, list[str]]]:
     """{(record_id, task, modality, step): (status, reasons)} of the whole workspace."""
-    frame = ws.steps.status()
+    frame = ws.steps.status(reasons=True)
     return {
         (r.record_id, r.task, r.modality, r.step_label): (StepStatus(r.step_status), r.reasons)
         for r in frame.itertuples()
@@ -175,7 +175,7 @@ def test_nothing_changed_nothing_reruns(harbor: Path) -> None:
         ws.steps.run()
         assert outputs(dataset) == mtimes
         assert init_runs(dataset) == runs
-        frame = ws.steps.status()
+        frame = ws.steps.status(reasons=True)
     assert len(frame) == 6
     assert set(frame["step_status"]) == {StepStatus.DONE}
     assert all(reasons == [] for reasons in frame["reasons"])
@@ -386,7 +386,7 @@ def test_outputs_without_provenance_are_adopted_under_makes_rule(harbor: Path) -
     mtimes = outputs(dataset)
 
     with Workspace(harbor, verbose=False) as ws:
-        frame = ws.steps.status()
+        frame = ws.steps.status(reasons=True)
         assert set(frame["step_status"]) == {StepStatus.DONE}
         assert all(reasons == [] for reasons in frame["reasons"])
         ws.steps.run()
@@ -573,7 +573,7 @@ def test_state_store_survives_a_writer_killed_mid_write(harbor: Path) -> None:
         db.close()
 
     with Workspace(harbor, verbose=False) as ws:
-        assert len(ws.plan(ws.units(ws.records.scope))) == 6
+        assert len(ws._engine.plan(ws._engine.units(Scope()))) == 6
         ws.steps.run()
         assert not not_done(ws)
     assert len(outputs(dataset)) == 6
@@ -678,12 +678,12 @@ def test_failed_step_is_retried_when_forced(harbor: Path) -> None:
 def run_unrecorded(root: Path, record_id: str, step: str) -> Path:
     """Run one step the way a worker does, with nobody recording the result; its receipt."""
     with Workspace(root, verbose=False) as ws:
-        units = ws.units(ws.records.scope, [record_id])
-        (plan,) = [p for p in ws.plan(units) if p.step.name == step]
+        units = ws._engine.units(Scope(), [record_id])
+        (plan,) = [p for p in ws._engine.plan(units) if p.step.name == step]
         assert plan.run
-        job = dataclasses.replace(ws.job(plan), run_id=f"{step}-{record_id}-0badcafe")
+        job = dataclasses.replace(ws._engine.job(plan), run_id=f"{step}-{record_id}-0badcafe")
         assert run_step(job).ok
-        receipt = ws.receipts / f"{job.run_id}.json"
+        receipt = ws._engine.receipts / f"{job.run_id}.json"
     assert receipt.exists()
     return receipt
 
@@ -834,9 +834,9 @@ def test_planning_many_units_at_once_decides_as_planning_each_alone(tmp_path, ma
     (raw / "REC-00000006-raw.csv").unlink()  # an input gone
     make_workspace(tmp_path / "ws", 2, trivial=True, start=90)  # two new records
     with Workspace(root, verbose=False) as ws:
-        units = ws.units(Scope())
-        bulk = ws.plan(units)
-        one_by_one = [plan for unit in units for plan in ws.plan([unit])]
+        units = ws._engine.units(Scope())
+        bulk = ws._engine.plan(units)
+        one_by_one = [plan for unit in units for plan in ws._engine.plan([unit])]
 
     def decisions(plans):
         return [(p.unit, p.step.name, p.status, p.run, p.reasons) for p in plans]
@@ -860,10 +860,10 @@ def test_a_second_attempt_at_the_same_run_returns_the_first_result(harbor: Path)
     with Workspace(harbor, verbose=False) as ws:
         (plan,) = [
             p
-            for p in ws.plan(ws.units(ws.records.scope, ["REC-20200601"]))
+            for p in ws._engine.plan(ws._engine.units(Scope(), ["REC-20200601"]))
             if p.step.name == "count"
         ]
-        job = dataclasses.replace(ws.job(plan), run_id="count-REC-20200601-00c0ffee")
+        job = dataclasses.replace(ws._engine.job(plan), run_id="count-REC-20200601-00c0ffee")
         first, second = run_step(job), run_step(job)
     assert first.ok and second == first
     assert init_runs(dataset) == Counter({harbor_key("REC-20200601", "count"): 1})

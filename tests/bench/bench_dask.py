@@ -50,7 +50,7 @@ from pathlib import Path
 
 from _common import load_make_dataset, machine
 
-from sinagot import Workspace
+from sinagot.engine import Engine
 from sinagot.layout import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def outputs_missing(computed: Path, ids: list[str]) -> int:
 # -- sinagot --------------------------------------------------------------------------------
 
 
-def run_sinagot(ws: Workspace) -> tuple[float, float, list]:
+def run_sinagot(ws: Engine) -> tuple[float, float, list]:
     """(s): (planning seconds, execution seconds, results)."""
     start = time.perf_counter()
     plans = ws.plan(ws.units(Scope()), stale_only=True)
@@ -144,7 +144,7 @@ def run_sinagot(ws: Workspace) -> tuple[float, float, list]:
     return planned - start, time.perf_counter() - planned, results
 
 
-def profile_sinagot(ws: Workspace, raw: Path, top: int = 20) -> None:
+def profile_sinagot(ws: Engine, raw: Path, top: int = 20) -> None:
     """Make every raw file newer, then plan and execute again with execute under cProfile."""
     now = time.time_ns() + 5_000_000_000
     for path in raws(raw):
@@ -213,7 +213,7 @@ def main() -> int:
         ids = [make_dataset.record_id(i) for i in range(args.n)]
         print(f"built {root} ({args.n} records, 3 copies) in {time.perf_counter() - start:.1f} s")
 
-        with Workspace(dest, verbose=False) as ws:
+        with Engine(dest, verbose=False) as ws:
             start = time.perf_counter()
             client = ws.executor.connection.client
             warm(client)

@@ -6,11 +6,11 @@ It builds a harbor-like workspace of N records (`example/make_dataset.py`, trivi
 runs every step once so that the state store is full, then measures in this process, each
 the best of 3 with `time.perf_counter`:
 
-(a) a full plan with nothing stale: a fresh `Workspace`, record discovery and
+(a) a full plan with nothing stale: a fresh `Engine`, record discovery and
     `plan(units, stale_only=True)`;
 (b) the same after touching one record's raw file (it must find exactly that record's two
     steps stale);
-(c) planning that one unit alone (the `plan` call only, on a fresh `Workspace`);
+(c) planning that one unit alone (the `plan` call only, on a fresh `Engine`);
 (d) the floor: a bare `os.stat` of every record's raw, count and mean files;
 
 and the peak RSS of a separate process that only plans. Then, as whole processes (wall clock,
@@ -48,7 +48,7 @@ from typing import NamedTuple, TypeVar
 
 from _common import load_make_dataset, machine
 
-from sinagot import Workspace
+from sinagot.engine import Engine
 from sinagot.layout import Scope, Unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +83,13 @@ rule mean:
 # ru_maxrss: a child's ru_maxrss starts at its parent's peak (Linux keeps it across exec).
 RSS_PROBE = """\
 import sys
-from sinagot import Workspace
+from sinagot.engine import Engine
 from sinagot.layout import Scope
 def peak():
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
 base = peak()
-with Workspace(sys.argv[1], verbose=False) as ws:
+with Engine(sys.argv[1], verbose=False) as ws:
     stale = len(ws.plan(ws.units(Scope()), stale_only=True))
     stale_peak = peak()
     every = len(ws.plan(ws.units(Scope())))
@@ -130,7 +130,7 @@ def prepare(dest: Path, n: int, make_dataset: ModuleType) -> None:
 
 def run_all(dest: Path) -> None:
     """Run every stale step, in this process, so that the state store is full."""
-    with Workspace(dest, verbose=False) as ws:
+    with Engine(dest, verbose=False) as ws:
         plans = ws.plan(ws.units(Scope()), stale_only=True)
         if not plans:
             print("every step already done: nothing to run")
@@ -169,9 +169,9 @@ def best_of(measure: Callable[[], tuple[float, T]]) -> tuple[float, T]:
 
 
 def full_plan(dest: Path) -> tuple[float, list]:
-    """(a), (b): a fresh Workspace, discovery and a stale-only plan, all timed."""
+    """(a), (b): a fresh Engine, discovery and a stale-only plan, all timed."""
     start = time.perf_counter()
-    with Workspace(dest, verbose=False) as ws:
+    with Engine(dest, verbose=False) as ws:
         plans = ws.plan(ws.units(Scope()), stale_only=True)
         took = time.perf_counter() - start
     return took, plans
@@ -179,7 +179,7 @@ def full_plan(dest: Path) -> tuple[float, list]:
 
 def one_unit_plan(dest: Path, record_id: str) -> tuple[float, list]:
     """(c): only the plan call, on a fresh Workspace."""
-    with Workspace(dest, verbose=False) as ws:
+    with Engine(dest, verbose=False) as ws:
         start = time.perf_counter()
         plans = ws.plan([Unit(record_id)], stale_only=True)
         took = time.perf_counter() - start

@@ -480,8 +480,8 @@ ws = Workspace(sys.argv[3], verbose=False)
 os.setgroups([])
 os.setgid(int(sys.argv[2]))
 os.setuid(int(sys.argv[1]))
-spec, rid = ws.layout.steps(None, None)[0], "REC-20200601"
-job = StepJob(Unit(rid), spec, str(ws.dataset), spec.inputs.relative(rid, None),
+spec, rid = ws._engine.layout.steps(None, None)[0], "REC-20200601"
+job = StepJob(Unit(rid), spec, str(ws._engine.dataset), spec.inputs.relative(rid, None),
               spec.outputs.relative(rid, None))
 result = run_step(job)
 print(result.outcome.value, result.error)

@@ -26,7 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sinagot import StepStatus, Workspace
+from sinagot import StepStatus
+from sinagot.engine import Engine
 from sinagot.fingerprints import PathUnreadable, content_hash
 from sinagot.layout import Scope
 from sinagot.patterns import PathPattern, PathProblem
@@ -124,7 +125,7 @@ def status(root: Path, as_user: bool = False) -> dict[tuple[str, str], tuple[str
 
 def planned(root: Path) -> dict[tuple[str, str], tuple[StepStatus, tuple[str, ...], bool]]:
     """ws.plan of every unit: (record, step) -> (status, reasons, run)."""
-    with Workspace(root, verbose=False) as ws:
+    with Engine(root, verbose=False) as ws:
         plans = ws.plan(ws.units(Scope()))
     return {(p.unit.record_id, p.step.name): (p.status, p.reasons, p.run) for p in plans}
 
@@ -386,7 +387,7 @@ def test_an_output_name_too_long_for_the_file_system_is_an_error(tmp_path: Path)
     for number in range(70):  # enough units to plan from folder listings as well
         recording(root, f"r{number}")
 
-    with Workspace(root, verbose=False) as ws:
+    with Engine(root, verbose=False) as ws:
         every = ws.plan(ws.units(Scope()))
         alone = ws.plan(ws.units(Scope(), [long_id]))
 
@@ -455,7 +456,7 @@ def test_any_file_names_in_the_dataset_never_break_discovery_or_planning(names, 
                     os.symlink(os.path.basename(path), path)
                 else:
                     os.mkdir(path)
-        with Workspace(root, verbose=False) as ws:
+        with Engine(root, verbose=False) as ws:
             plans = ws.plan(ws.units(Scope()))
         ids = {p.unit.record_id for p in plans}
         for record_id in ids:

@@ -1,0 +1,434 @@
+"""`Engine`: what the API, the CLI and the daemon share: config, layout, planning, running.
+
+Cheap to build: nothing is started at construction; the state store and the executor are
+opened when first needed and released by `close()`. Users meet it through `Workspace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import uuid
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from .cluster import ENV_ADDRESS, resolve_address
+from .config import Config, load_config
+from .errors import SinagotError
+from .execute import DaskExecutor, Executor, LocalExecutor
+from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
+from .layout import Layout, Scope, Unit
+from .patterns import PathProblem, check_record_id
+from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
+from .recordlog import LOG_FOLDER, PathRefused, inside_dataset, open_regular
+from .runner import StepJob, StepResult, one_line, read_receipt, receipt_name
+from .scripts import check_script
+from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
+
+#: Told of a receipt that is not a result: its path, and why.
+OnInvalid = Callable[[str, str], None]
+
+#: Planning more units than this lists folders once instead of stat-ing each path.
+_LISTING_THRESHOLD = 64
+
+
+class Engine:
+    """A workspace's engine: its configuration, dataset and scripts folders, state store.
+
+    `config`: a folder holding `workspace.toml`, a `.toml` file, or a list of files merged
+    in order. `verbose` echoes step log lines to stdout as steps run (main process only).
+    `scheduler`, a Dask scheduler address, runs steps on Dask whatever `[run] mode` says.
+    """
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        verbose: bool = True,
+        scheduler: str | None = None,
+        data_path: str | os.PathLike[str] | None = None,
+        scripts_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.config: Config = load_config(config, data_path=data_path, scripts_path=scripts_path)
+        # A scheduler named by the caller or $SINAGOT_DASK_ADDRESS means Dask, whatever the mode.
+        self._scheduler = scheduler or os.environ.get(ENV_ADDRESS) or None
+        self.layout = Layout(self.config)
+        self.verbose = verbose
+        #: Written as `workspace_version` in every log line (`Workspace.version` may differ).
+        self.version = self.config.version
+        self.store = StateStore(self.config.state_dir)
+        self.lock = WriterLock(self.config.state_dir)
+        self._executor: Executor | None = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the engine opened (executor, cluster, state store, lock)."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+        self.store.close()
+        self.lock.release()
+
+    @property
+    def dataset(self) -> Path:
+        return self.config.dataset
+
+    @property
+    def receipts(self) -> Path:
+        """Where workers leave receipts: in the dataset, which every worker shares, even
+        when the state store was moved to the daemon's local disk."""
+        return self.config.dataset / ".sinagot" / RECEIPTS
+
+    def check_folders(self) -> None:
+        """Refuse to start writing into a dataset whose own folders are in the way: a LOG or
+        receipts folder that is a file, or a link out of the dataset. One line naming it."""
+        dataset = str(self.config.dataset)
+        for folder, what in ((self.dataset / LOG_FOLDER, "LOG folder"),
+                             (self.receipts, "receipts folder")):  # fmt: skip
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise SinagotError(f"{what} {folder} is not a folder: move it out of the way")
+            inside_dataset(dataset, str(folder), what)
+
+    def check_id(self, record_id: str) -> str:
+        return check_record_id(record_id, self.config.id_regex)
+
+    def units(
+        self,
+        scope: Scope,
+        record_ids: Iterable[str] | None = None,
+        problems: list[PathProblem] | None = None,
+    ) -> list[Unit]:
+        """The units of these records (all discovered ones by default) inside a scope.
+        Dataset entries that discovery could not read are added to `problems`, if given."""
+        ids = self.layout.discover(scope, problems) if record_ids is None else record_ids
+        keys = self.layout.unit_keys(scope)
+        return [Unit(rid, task, mod) for rid in ids for task, mod in keys]
+
+    def plan(
+        self,
+        units: Sequence[Unit],
+        *,
+        force: bool = False,
+        only: str | None = None,
+        stale_only: bool = False,
+        problems: list[PathProblem] | None = None,
+        ignore_missing: bool = False,
+    ) -> list[StepPlan]:
+        """Plan these units: every step of each (or only those that run, with `stale_only`),
+        with its status and reasons. Reads only. Paths found unreadable (their steps are
+        ERROR) are also added to `problems`, if given. With `ignore_missing` (sinagot
+        0.3's run option), a step whose inputs are missing and that no earlier step makes
+        runs anyway: its script decides (see `planner`).
+
+        Many units: folders are listed once, and units are first checked against the store's
+        settled signatures; only those that differ are planned rule by rule.
+        """
+        dataset = str(self.config.dataset)
+        many = len(units) > _LISTING_THRESHOLD
+        listing = DirectoryListing(dataset) if many else None
+        lookup: Lookup = listing if listing is not None else DirectStat(dataset)
+        scripts = self._scripts_now()
+        broken = {key: error for key, (_, error) in scripts.items() if error}
+        code_hashes = (
+            {key: digest for key, (digest, _) in scripts.items() if digest}
+            if self.config.track_scripts
+            else None
+        )
+        receipts = self._pending_receipts()
+        steps_of = self.layout.steps
+        done: dict[int, list[StepPlan]] = {}
+        pending = list(enumerate(units))
+        if listing is not None and not force and not receipts:
+            signatures = self.store.read_settled(with_code=code_hashes is not None)
+            settled = SettledCheck(signatures, listing, code_hashes)
+            pending = []
+            for position, unit in enumerate(units):
+                steps = steps_of(unit.task, unit.modality)
+                if settled(unit, steps):
+                    if not stale_only:
+                        done[position] = done_plans(unit, steps)
+                else:
+                    pending.append((position, unit))
+        if len(pending) > _LISTING_THRESHOLD:
+            runs = self.store.read_all()
+        else:  # a few units left: stat their paths rather than list whole folders
+            runs = self.store.read_record({unit.record_id for _, unit in pending})
+            lookup = DirectStat(dataset)
+        runs.update(receipts)
+        ctx = PlanContext(
+            lookup=lookup,
+            runs=runs,
+            code_hashes=code_hashes,
+            hasher=(lambda rel: content_hash(f"{dataset}/{rel}"))
+            if self.config.content_hash
+            else None,
+            live_writer=not self.lock.held and self.lock.holder() is not None,
+            broken=broken,
+            problems=problems,
+            force=force,
+            only=only,
+            ignore_missing=ignore_missing,
+        )
+        for position, unit in pending:
+            plans = plan_unit(unit, steps_of(unit.task, unit.modality), ctx)
+            done[position] = [p for p in plans if p.run] if stale_only else plans
+        return [plan for position in sorted(done) for plan in done[position]]
+
+    def _scripts_now(self) -> dict[str, tuple[str | None, str | None]]:
+        """Each step script as it is now: script path -> (code hash, why it cannot be
+        loaded). A script with a syntax error is found here, by compiling it (cached by
+        its bytes), so that its steps wait instead of failing record by record."""
+        out: dict[str, tuple[str | None, str | None]] = {}
+        for task, modality in self.layout.unit_keys(Scope()):
+            for spec in self.layout.steps(task, modality):
+                if spec.script_key not in out:
+                    out[spec.script_key] = check_script(spec.script)
+        return out
+
+    def broken_scripts(self) -> dict[str, str]:
+        """Script path -> one line saying why it cannot be loaded, for the broken ones."""
+        return {key: error for key, (_, error) in self._scripts_now().items() if error}
+
+    def _pending_receipts(self) -> dict[str, RunRecord]:
+        """Results that workers reported but no writer recorded yet (its process died)."""
+        out = {}
+        for result in self._read_receipts():
+            out[run_key(result.unit, result.step)] = RunRecord(
+                result.state, result.inputs, result.code_hash, result.error, result.finished,
+                None, result.input_hashes, result.outputs,
+            )  # fmt: skip
+        return out
+
+    def _read_receipts(self, on_invalid: OnInvalid | None = None) -> Iterator[StepResult]:
+        """The results receipts hold. A receipt that is not a result (torn, wrong types, a
+        link, not a file) is skipped; with `on_invalid` (the writer), it is also set aside
+        under a hidden name and reported once, so that it neither blocks nor repeats."""
+        try:
+            names = os.listdir(self.receipts)
+        except OSError:  # none yet, or unreadable: planning goes on without them
+            return
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = os.path.join(self.receipts, name)
+            try:
+                result = _load_receipt(path)
+            except ValueError as exc:
+                if on_invalid is not None:
+                    with contextlib.suppress(OSError):
+                        os.rename(path, os.path.join(self.receipts, f".invalid-{name}"))
+                    on_invalid(path, str(exc))
+                continue
+            if result is not None:
+                yield result
+
+    def job(self, plan: StepPlan, *, debug: bool = False) -> StepJob:
+        """The job that runs a plan's step. `debug` jobs run in this process (see
+        `execute`), so their lines are echoed whatever the run mode."""
+        unit, control = plan.unit, plan.step.control
+        local = debug or (self.config.run_mode != "dask" and not self._scheduler)
+        return StepJob(
+            unit=unit,
+            spec=plan.step,
+            dataset=str(self.config.dataset),
+            inputs=plan.inputs,
+            outputs=plan.outputs,
+            receipts=str(self.receipts),
+            workspace_version=None if self.version is None else str(self.version),
+            hash_inputs=self.config.content_hash,
+            echo=self.verbose and local,
+            time_limit=self.config.time_limit_for(plan.step.name),
+            attempts=self.config.max_attempts,
+            controls=control.relative(unit.record_id, unit.task) if control is not None else (),
+            ignore_missing=plan.ignore_missing,
+            debug=debug,
+            log=self.config.log,
+        )
+
+    # -- writing: the holder of the writer lock only ----------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self, what: str = "sinagot") -> Iterator[None]:
+        """Hold the workspace's writer lock (unless already held) and ingest receipts."""
+        if self.lock.held:
+            yield
+            return
+        self.check_folders()
+        self.lock.acquire(what)
+        try:
+            self.store.prepare()
+            self.layout.remember_patterns()
+            self.ingest_receipts()
+            yield
+        finally:
+            self.lock.release()
+
+    def ingest_receipts(
+        self, busy: Container[Unit] = (), on_invalid: OnInvalid | None = None
+    ) -> list[StepResult]:
+        """Record results that a writer's workers reported but it never recorded (it died),
+        and return them.
+
+        Receipts of `busy` units (on the cluster now) stay: a worker may need them again.
+        Those the store already holds (recorded, then the writer died) are dropped. Invalid
+        ones are set aside and passed to `on_invalid(path, error)`.
+        """
+        results = sorted(
+            (r for r in self._read_receipts(on_invalid) if r.unit not in busy),
+            key=lambda r: r.finished,
+        )
+        if not results:
+            return []
+        known = self.store.read_record({r.unit.record_id for r in results})
+        new = [
+            r
+            for r in results
+            if (rec := known.get(run_key(r.unit, r.step))) is None or rec.finished != r.finished
+        ]
+        self.store.record(new)
+        self.forget(results)
+        return new
+
+    def forget(self, results: Iterable[StepResult]) -> None:
+        """Drop the receipts of recorded runs whose whole unit has landed."""
+        for result in results:
+            if result.run_id and result.state is not None:
+                # Left behind (a read-only folder), it is dropped at the next ingest: the
+                # store holds its result by then.
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.receipts, receipt_name(result.run_id)))
+
+    def _ingest_if_free(self) -> None:
+        """Record pending receipts if no other writer is at work (it would ingest them)."""
+        if self.lock.held or not any(True for _ in self._read_receipts()):
+            return
+        try:
+            self.lock.acquire("sinagot")
+        except StateError:
+            return
+        try:
+            self.ingest_receipts()
+        finally:
+            self.lock.release()
+
+    def record(self, results: Sequence[StepResult]) -> None:
+        """Record finished steps in the store (their receipts stay until `forget`)."""
+        self.store.record(results)
+
+    def execute(
+        self,
+        plans: Iterable[StepPlan],
+        on_result: Callable[[StepResult], None] | None = None,
+        *,
+        debug: bool = False,
+    ) -> list[StepResult]:
+        """Run the steps these plans mark to run, each unit's steps in order.
+
+        `debug` (sinagot 0.3's run option): a script that raises makes this call raise that
+        same exception, once its failure is recorded as any other and its unit's later steps
+        are reported skipped; the units after it are not run. Debug runs are always made in
+        this process, whatever `[run] mode` says or a scheduler given: only here is there a
+        "same exception" to raise (a worker's would come back as a copy, if its class can be
+        unpickled at all, with its frames gone), and a debugger (`%debug`, `pdb.pm()`) can
+        then walk into the script's frames. With a daemon holding the workspace, the run is
+        refused as any second writer is.
+        """
+        chains: dict[Unit, list[StepJob]] = {}
+        for plan in plans:
+            if plan.run:
+                chains.setdefault(plan.unit, []).append(self.job(plan, debug=debug))
+        if not chains:
+            self._ingest_if_free()
+            return []
+
+        left = {unit: len(chain) for unit, chain in chains.items()}
+        landed: dict[Unit, list[StepResult]] = {}
+
+        def started(named: Sequence[tuple[Sequence[StepJob], str]]) -> None:
+            self.store.mark_submitted(
+                [
+                    (job.unit, job.spec.name, generation)
+                    for chain, generation in named
+                    for job in chain
+                ]
+            )
+
+        raised: list[Exception] = []
+
+        def finished(items: Sequence[tuple[StepJob, StepResult]]) -> None:
+            self.record([result for _, result in items])
+            for job, result in items:
+                landed.setdefault(job.unit, []).append(result)
+                left[job.unit] -= 1
+                if result.exception is not None:
+                    raised.append(result.exception)
+                if not left[job.unit]:
+                    self.forget(landed.pop(job.unit))
+                if on_result is not None:
+                    on_result(result)
+                if raised and not left[job.unit]:  # debug: its unit is over, stop here
+                    raise raised[0]
+
+        with self.writing():
+            named = [(chain, self.generation(unit, chain)) for unit, chain in chains.items()]
+            executor = LocalExecutor() if debug else self.executor
+            return executor.run(named, started, finished)
+
+    def generation(self, unit: Unit, chain: Sequence[StepJob]) -> str:
+        """A new name for this run of a unit's chain, or the name of a run of it that was
+        submitted and never finished (its copy may still run on a worker)."""
+        pending = self.store.pending_generation(unit, [job.spec.name for job in chain])
+        return pending or uuid.uuid4().hex[:8]
+
+    @property
+    def executor(self) -> Executor:
+        """Where steps run: this process, or Dask (`[run] mode = "dask"` or a scheduler)."""
+        if self._executor is None:
+            if self.config.run_mode == "dask" or self._scheduler:
+                from .cluster import connect
+
+                address = resolve_address(self._scheduler, self.config.dask)
+                self._executor = DaskExecutor(
+                    lambda: connect(address, self.config.dask), self.config.dask.max_in_flight
+                )
+            else:
+                self._executor = LocalExecutor()
+        return self._executor
+
+
+#: A receipt is a few hundred bytes; anything much larger is not one.
+_RECEIPT_MAX = 1 << 20
+
+
+def _load_receipt(path: str) -> StepResult | None:
+    """A receipt's result; None while its run goes on (locked) or if it died mid-run;
+    ValueError naming what is wrong otherwise. Never follows a link, never blocks on a
+    FIFO."""
+    try:
+        fd = open_regular(path, os.O_RDONLY, "receipt")
+    except PathRefused as exc:  # a link, a folder, a FIFO
+        raise ValueError(str(exc)) from None
+    except OSError:  # gone meanwhile, out of descriptors, I/O error: not its fault; next pass
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_size > _RECEIPT_MAX:
+            raise ValueError(f"{st.st_size} bytes: too large to be a receipt")
+        try:  # a run holds its receipt locked until its result is written in full
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        data = os.read(fd, _RECEIPT_MAX + 1)
+    finally:
+        os.close(fd)
+    try:
+        found = read_receipt(data)
+    except ValueError as exc:
+        raise ValueError(f"not a receipt: {one_line(exc)}") from None
+    return found if isinstance(found, StepResult) else None  # attempts: under way, or died

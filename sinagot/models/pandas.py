@@ -1,0 +1,178 @@
+"""The `pandas` plugin: a modality whose data is a table of values per record (clinical
+scores, questionnaires), kept beside the dataset's files.
+
+Two layouts, as sinagot 0.3 and its documentation had them:
+
+- `models.data_path = ["{id}", "clinical.json"]`: one JSON object per record; a record's
+  `.data` is a Series named by its ID, and setting it writes the file;
+- `models.dataframe_path = ["CLINICAL", "data.csv"]`: one CSV for all records, with a
+  `record_id` column; a record's `.data` is its row (read-only).
+
+The collection's `.data` is a DataFrame with one row per record, indexed by record ID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SinagotError
+from ..patterns import embeddable
+from ..recordlog import PathRefused, inside_dataset, open_regular
+from .records import Record, RecordCollection
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ID_FIELD = "record_id"
+_MAX_JSON = 16 << 20
+
+
+def _settings(scope: Record | RecordCollection) -> Any:
+    spec = scope._engine.config.modalities[scope.modality]
+    return spec.models
+
+
+def _json_path(scope: Record | RecordCollection, record_id: str) -> Path | None:
+    parts = _settings(scope).data_path
+    if parts is None:
+        return None
+    relative = "/".join(parts).replace("{id}", record_id).replace("{task}", scope.task or "")
+    return scope._engine.config.dataset / relative
+
+
+def _table(scope: Record | RecordCollection) -> pd.DataFrame | None:
+    """The CSV of `models.dataframe_path`, indexed by record ID (None: no such setting)."""
+    import pandas as pd
+
+    parts = _settings(scope).dataframe_path
+    if parts is None:
+        return None
+    path = scope._engine.config.dataset.joinpath(*parts)
+    if not path.is_file():
+        return pd.DataFrame(index=pd.Index([], name=ID_FIELD))
+    frame = pd.read_csv(path, dtype={ID_FIELD: str})
+    if ID_FIELD not in frame.columns:
+        raise SinagotError(f"{path}: no {ID_FIELD!r} column to find records by")
+    return frame.set_index(ID_FIELD)
+
+
+class PandasRecord(Record):
+    """A record of a `pandas` modality: `.data` holds its values."""
+
+    @property
+    def data(self) -> pd.Series | None:
+        """The record's values; None when it has none yet."""
+        import pandas as pd
+
+        table = _table(self)
+        if table is not None:
+            if self.id not in table.index:
+                return None
+            return table.loc[self.id].rename(self.id)
+        path = _json_path(self, self.id)
+        values = _read_json(path) if path is not None else None
+        return None if values is None else pd.Series(values, name=self.id)
+
+    @data.setter
+    def data(self, values: Mapping[str, Any] | pd.Series) -> None:
+        path = _json_path(self, self.id)
+        if path is None:
+            raise SinagotError(
+                f"[modalities.{self.modality}] models.dataframe_path is read-only: "
+                "edit the CSV, or use models.data_path for values set from Python"
+            )
+        import pandas as pd
+
+        if isinstance(values, pd.Series):
+            text = values.to_json()
+        elif isinstance(values, Mapping):
+            text = pd.Series(dict(values)).to_json()
+        else:
+            raise TypeError(f"data must be a dict or a pandas Series, not {type(values).__name__}")
+        _write_text(self._engine.config.dataset, path, text)
+
+
+class PandasRecordCollection(RecordCollection):
+    """The records of a `pandas` modality, found by their data files (or CSV rows)."""
+
+    def iter_ids(self) -> Iterator[str]:
+        table = _table(self)
+        if table is not None:
+            return (str(i) for i in table.index)
+        parts = _settings(self).data_path
+        if parts is None:
+            return iter(())
+        return _glob_ids(self, parts)
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """One row per record, indexed by record ID."""
+        import pandas as pd
+
+        table = _table(self)
+        if table is not None:
+            return table
+        rows = {rid: self.get(rid).data for rid in self.iter_ids()}
+        frame = pd.DataFrame(rows).T
+        frame.index.name = ID_FIELD
+        return frame
+
+
+def _glob_ids(scope: RecordCollection, parts: tuple[str, ...]) -> Iterator[str]:
+    """The IDs whose data file exists: `{id}` globbed, then matched against `id_pattern`."""
+    config = scope._engine.config
+    task = scope.task or ""
+    pattern = "/".join(parts).replace("{task}", task)
+    regex = re.compile(
+        "".join(
+            f"(?P<id{i}>{embeddable(config.id_regex.pattern)})"
+            if piece == "{id}"
+            else re.escape(piece)
+            for i, piece in enumerate(re.split(r"(\{id\})", pattern))
+        )
+    )
+    seen: set[str] = set()
+    for path in sorted(config.dataset.glob(pattern.replace("{id}", "*"))):
+        m = regex.fullmatch(path.relative_to(config.dataset).as_posix())
+        if m is None:
+            continue
+        ids = set(m.groupdict().values())
+        if len(ids) == 1 and (rid := ids.pop()) not in seen and path.is_file():
+            seen.add(rid)
+            yield rid
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        fd = open_regular(str(path), os.O_RDONLY, "data file")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (PathRefused, OSError) as exc:
+        raise SinagotError(f"cannot read {path}: {exc}") from None
+    try:
+        data = os.read(fd, _MAX_JSON + 1)
+    finally:
+        os.close(fd)
+    try:
+        values = json.loads(data)
+    except ValueError as exc:
+        raise SinagotError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise SinagotError(
+            f"{path}: expected a JSON object of values, found {type(values).__name__}"
+        )
+    return values
+
+
+def _write_text(dataset: Path, path: Path, text: str) -> None:
+    """Write atomically, inside the dataset only."""
+    inside_dataset(str(dataset), str(path.parent), "data folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".sinagot-tmp-{os.getpid()}-{path.name}")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
