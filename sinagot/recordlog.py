@@ -297,9 +297,15 @@ def echo(
 
 
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The entries of one record's log; a torn or foreign line is skipped, not fatal."""
+    """The entries of one record's log; a torn or foreign line (bad JSON, bad UTF-8) is
+    skipped, not fatal. A log that is a link or not a regular file (a FIFO would block)
+    raises `PathRefused` naming it."""
     try:
-        with path.open(encoding="utf-8") as fh:
+        fd = open_regular(str(path), os.O_RDONLY, "log file")
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        with open(fd, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
                     entry = json.loads(line)
@@ -307,8 +313,8 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
                     continue
                 if isinstance(entry, dict):
                     yield entry
-    except FileNotFoundError:
-        return
+    except OSError as exc:
+        raise SinagotError(f"cannot read log file {path}: {exc.strerror or exc}") from None
 
 
 #: sinagot 0.3 rotated a record's log at 512 KiB, keeping this many older files.

@@ -230,9 +230,9 @@ def read_patterns(path: Path) -> tuple[object, object, object]:
     """PATH_IN, PATH_OUT and PATH_CONTROL (None if not declared) of a script, from its
     source when they are literals.
 
-    Falls back to executing the script when one is computed or inherited (PATH_CONTROL is
-    known to be None without running it when the class neither sets it nor has a base
-    other than `ScriptTemplate`).
+    Falls back to executing the script when one is computed or inherited. PATH_CONTROL is
+    read from the `Script` class body only: not set there, it is None, so that loading a
+    workspace never imports a script (and what it imports) for it.
     """
     source = _read(path)
     try:
@@ -241,10 +241,8 @@ def read_patterns(path: Path) -> tuple[object, object, object]:
         raise ScriptError(f"{path}, line {exc.lineno}: syntax error: {exc.msg}") from None
     found: dict[str, object] = {}
     assigned: set[str] = set()
-    plain_base = False
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Script":
-            plain_base = bool(node.bases) and all(_is_template(b) for b in node.bases)
             for stmt in node.body:
                 targets = (
                     stmt.targets
@@ -259,7 +257,7 @@ def read_patterns(path: Path) -> tuple[object, object, object]:
                         found.pop(target.id, None)  # a later assignment wins, literal or not
                         with contextlib.suppress(ValueError):
                             found[target.id] = ast.literal_eval(stmt.value)  # type: ignore[arg-type]
-    if "PATH_CONTROL" not in assigned and plain_base:
+    if "PATH_CONTROL" not in assigned:
         found["PATH_CONTROL"] = None
     if all(name in found for name in PATTERN_NAMES):
         return found["PATH_IN"], found["PATH_OUT"], found["PATH_CONTROL"]
@@ -269,13 +267,7 @@ def read_patterns(path: Path) -> tuple[object, object, object]:
         raise
     except Exception as exc:  # the user's module raised while importing
         raise ScriptError(f"{path}: importing the script raised {exc!r}") from None
-    return cls.PATH_IN, cls.PATH_OUT, cls.PATH_CONTROL
-
-
-def _is_template(base: ast.expr) -> bool:
-    """Whether a base class, as written, is sinagot's `ScriptTemplate`."""
-    name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
-    return name == "ScriptTemplate"
+    return cls.PATH_IN, cls.PATH_OUT, found.get("PATH_CONTROL", cls.PATH_CONTROL)
 
 
 def check_script(path: Path) -> tuple[str | None, str | None]:

@@ -14,16 +14,17 @@ from typing import Any
 
 from .config import DEFAULT_VERSION
 from .engine import Engine
+from .errors import SinagotError
 from .models import RecordCollection, StepCollection
 from .models.classes import ModelClasses
 
 PathLike = str | os.PathLike[str]
 
 #: Tables 0.3 filled in when a file left them out (`ws.config["run"]["mode"]` always works).
-_DEFAULT_TABLES = {
-    "path": {"dataset": "./dataset", "scripts": "./scripts"},
-    "run": {"mode": "main_process"},
-}
+_DEFAULT_TABLES = MappingProxyType({
+    "path": MappingProxyType({"dataset": "./dataset", "scripts": "./scripts"}),
+    "run": MappingProxyType({"mode": "main_process"}),
+})  # fmt: skip
 
 
 class Workspace:
@@ -52,6 +53,8 @@ class Workspace:
             data_path=data_path,
             scripts_path=scripts_path,
         )
+        if data_path is not None and not self._engine.config.dataset.is_dir():
+            raise SinagotError(f"data_path {self._engine.config.dataset} is not a folder")
         self._classes = ModelClasses(self._engine.config)
         self._engine.version = str(self.version)  # a subclass may say otherwise
 

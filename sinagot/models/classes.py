@@ -99,7 +99,7 @@ def _load(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # the user's module raised while importing
+    except (Exception, SystemExit) as exc:  # the user's module raised while importing
         del sys.modules[name]
         raise ConfigError(f"{path}: importing it raised {exc!r}") from None
     return module

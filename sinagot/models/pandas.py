@@ -13,6 +13,7 @@ The collection's `.data` is a DataFrame with one row per record, indexed by reco
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -22,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SinagotError
 from ..patterns import embeddable
-from ..recordlog import PathRefused, inside_dataset, open_regular
+from ..recordlog import inside_dataset
+from .files import parsing, read_text
 from .records import Record, RecordCollection
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ID_FIELD = "record_id"
-_MAX_JSON = 16 << 20
 
 
 def _settings(scope: Record | RecordCollection) -> Any:
@@ -37,12 +38,24 @@ def _settings(scope: Record | RecordCollection) -> Any:
     return spec.models
 
 
+def _pattern(scope: Record | RecordCollection, parts: tuple[str, ...]) -> str:
+    """`models.data_path` as a relative path pattern, `{task}` filled in."""
+    pattern = "/".join(parts)
+    if "{task}" in pattern:
+        if scope.task is None:
+            raise SinagotError(
+                f"[modalities.{scope.modality}] models.data_path uses {{task}}: "
+                f"choose a task first (e.g. ws.<task>.{scope.modality})"
+            )
+        pattern = pattern.replace("{task}", scope.task)
+    return pattern
+
+
 def _json_path(scope: Record | RecordCollection, record_id: str) -> Path | None:
     parts = _settings(scope).data_path
     if parts is None:
         return None
-    relative = "/".join(parts).replace("{id}", record_id).replace("{task}", scope.task or "")
-    return scope._engine.config.dataset / relative
+    return scope._engine.config.dataset / _pattern(scope, parts).replace("{id}", record_id)
 
 
 def _table(scope: Record | RecordCollection) -> pd.DataFrame | None:
@@ -52,12 +65,18 @@ def _table(scope: Record | RecordCollection) -> pd.DataFrame | None:
     parts = _settings(scope).dataframe_path
     if parts is None:
         return None
-    path = scope._engine.config.dataset.joinpath(*parts)
-    if not path.is_file():
+    dataset = scope._engine.config.dataset
+    path = dataset.joinpath(*parts)
+    text = read_text(dataset, path)
+    if text is None:
         return pd.DataFrame(index=pd.Index([], name=ID_FIELD))
-    frame = pd.read_csv(path, dtype={ID_FIELD: str})
+    with parsing(path):
+        frame = pd.read_csv(io.StringIO(text), dtype={ID_FIELD: str})
     if ID_FIELD not in frame.columns:
         raise SinagotError(f"{path}: no {ID_FIELD!r} column to find records by")
+    frame = frame[frame[ID_FIELD].notna()]
+    if twice := sorted(set(frame[ID_FIELD][frame[ID_FIELD].duplicated()])):
+        raise SinagotError(f"{path}: record {twice[0]!r} has several rows")
     return frame.set_index(ID_FIELD)
 
 
@@ -75,7 +94,8 @@ class PandasRecord(Record):
                 return None
             return table.loc[self.id].rename(self.id)
         path = _json_path(self, self.id)
-        values = _read_json(path) if path is not None else None
+        dataset = self._engine.config.dataset
+        values = _read_json(dataset, path) if path is not None else None
         return None if values is None else pd.Series(values, name=self.id)
 
     @data.setter
@@ -109,6 +129,11 @@ class PandasRecordCollection(RecordCollection):
             return iter(())
         return _glob_ids(self, parts)
 
+    def _ids_key(self) -> tuple[object, ...]:
+        settings = _settings(self)
+        by_task = any("{task}" in part for part in settings.data_path or ())
+        return (type(self), self.task if by_task else None, self.modality)
+
     @property
     def data(self) -> pd.DataFrame:
         """One row per record, indexed by record ID."""
@@ -117,8 +142,12 @@ class PandasRecordCollection(RecordCollection):
         table = _table(self)
         if table is not None:
             return table
-        rows = {rid: self.get(rid).data for rid in self.iter_ids()}
-        frame = pd.DataFrame(rows).T
+        dataset = self._engine.config.dataset
+        values = {}
+        for rid in self.iter_ids():
+            path = _json_path(self, rid)
+            values[rid] = (_read_json(dataset, path) if path is not None else None) or {}
+        frame = pd.DataFrame.from_dict(values, orient="index")
         frame.index.name = ID_FIELD
         return frame
 
@@ -126,8 +155,7 @@ class PandasRecordCollection(RecordCollection):
 def _glob_ids(scope: RecordCollection, parts: tuple[str, ...]) -> Iterator[str]:
     """The IDs whose data file exists: `{id}` globbed, then matched against `id_pattern`."""
     config = scope._engine.config
-    task = scope.task or ""
-    pattern = "/".join(parts).replace("{task}", task)
+    pattern = _pattern(scope, parts)
     regex = re.compile(
         "".join(
             f"(?P<id{i}>{embeddable(config.id_regex.pattern)})"
@@ -147,25 +175,15 @@ def _glob_ids(scope: RecordCollection, parts: tuple[str, ...]) -> Iterator[str]:
             yield rid
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        fd = open_regular(str(path), os.O_RDONLY, "data file")
-    except (FileNotFoundError, NotADirectoryError):
+def _read_json(dataset: Path, path: Path) -> dict[str, Any] | None:
+    text = read_text(dataset, path)
+    if text is None:
         return None
-    except (PathRefused, OSError) as exc:
-        raise SinagotError(f"cannot read {path}: {exc}") from None
-    try:
-        data = os.read(fd, _MAX_JSON + 1)
-    finally:
-        os.close(fd)
-    try:
-        values = json.loads(data)
-    except ValueError as exc:
-        raise SinagotError(f"{path}: not JSON: {exc}") from None
+    with parsing(path):
+        values = json.loads(text)
     if not isinstance(values, dict):
-        raise SinagotError(
-            f"{path}: expected a JSON object of values, found {type(values).__name__}"
-        )
+        found = type(values).__name__
+        raise SinagotError(f"{path}: expected a JSON object of values, found {found}")
     return values
 
 

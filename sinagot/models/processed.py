@@ -13,12 +13,14 @@ Every frame is indexed by `record_id`, so a collection's frames stack into one.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SinagotError
 from ..layout import Scope as Key
+from .files import parsing, read_text
 from .records import Record, RecordCollection
 
 if TYPE_CHECKING:
@@ -66,25 +68,26 @@ class ProcessedRecord(Record):
 
         params = _params(self, data_key)
         path = _source(self, params)
-        if not path.is_file():
+        text = read_text(self._engine.config.dataset, path)
+        if text is None:
             columns = list(params.columns) if params.columns is not None else None
             return pd.DataFrame(columns=columns, index=pd.Index([], name=ID_FIELD))
-        if params.data_getter == "single_data":
-            text = path.read_text(encoding="utf-8")
-            value = _CASTS[params.data_type](text.strip()) if params.data_type else text
-            frame = pd.DataFrame(
-                [{ID_FIELD: self.id, "task": params.task, "modality": params.modality,
-                  params.step_label: value}]
-            )  # fmt: skip
-        elif params.data_getter == "dataframe_from_csv":
-            frame = pd.read_csv(path)
-            frame.insert(0, ID_FIELD, self.id)
-        else:  # series_from_csv
-            frame = pd.read_csv(path, header=None, index_col=0).T
-            if params.columns is not None:
-                frame = frame.reindex(columns=list(params.columns))
-            frame.columns.name = None
-            frame.insert(0, ID_FIELD, self.id)
+        with parsing(path):
+            if params.data_getter == "single_data":
+                value = _CASTS[params.data_type](text.strip()) if params.data_type else text
+                frame = pd.DataFrame(
+                    [{ID_FIELD: self.id, "task": params.task, "modality": params.modality,
+                      params.step_label: value}]
+                )  # fmt: skip
+            elif params.data_getter == "dataframe_from_csv":
+                frame = pd.read_csv(io.StringIO(text))
+                frame.insert(0, ID_FIELD, self.id)
+            else:  # series_from_csv
+                frame = pd.read_csv(io.StringIO(text), header=None, index_col=0).T
+                if params.columns is not None:
+                    frame = frame.reindex(columns=list(params.columns))
+                frame.columns.name = None
+                frame.insert(0, ID_FIELD, self.id)
         return frame.set_index(ID_FIELD)
 
 

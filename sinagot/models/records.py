@@ -45,10 +45,20 @@ class RecordCollection(Scope):
         """IDs of the records whose data is in the dataset, in file-system order (those
         found only by a plugin modality's own files come after)."""
         found = self._engine.layout.discover(self._key) if self._unit_keys() else iter(())
-        own = [u for u in self.iter_units() if type(u).iter_ids is not RecordCollection.iter_ids]
+        # Units whose class finds its records itself (a plugin, a user's class); not this
+        # very scope, whose own override may call this method.
+        own: dict[tuple[object, ...], RecordCollection] = {}
+        for u in self.iter_units():
+            if u is not self and type(u).iter_ids is not RecordCollection.iter_ids:
+                own.setdefault(u._ids_key(), u)  # one search per distinct list
         if not own:
             return found
-        return iter(dict.fromkeys(itertools.chain(found, *(u.iter_ids() for u in own))))
+        return _unique(itertools.chain(found, *(u.iter_ids() for u in own.values())))
+
+    def _ids_key(self) -> tuple[object, ...]:
+        """What this collection's IDs depend on: collections with the same key list the
+        same records (a plugin whose files do not depend on the task says so)."""
+        return (type(self), self.task, self.modality)
 
     def ids(self) -> list[str]:
         return list(self.iter_ids())
@@ -83,6 +93,14 @@ class RecordCollection(Scope):
     def logs(self) -> pd.DataFrame:
         """The log history of every record here (filtered to the scope), oldest first."""
         return logs_frame(self._engine.config.dataset, self.iter_ids(), self.task, self.modality)
+
+
+def _unique(ids: Iterator[str]) -> Iterator[str]:
+    seen: set[str] = set()
+    for rid in ids:
+        if rid not in seen:
+            seen.add(rid)
+            yield rid
 
 
 class Record(Scope):

@@ -146,10 +146,13 @@ class Scope:
         return [(u.task, u.modality) for u in self.iter_units()]
 
     def _units(self) -> list[Unit]:
+        """The units to plan or run. Every ID is checked (`RecordIdError` naming it): a
+        plugin's or a user's class may list IDs the dataset's patterns never would."""
         ids = self._record_ids()
         if ids is None:
-            ids = list(self.iter_ids())  # type: ignore[attr-defined]  (a collection)
-        return [Unit(rid, t, m) for rid in ids for t, m in self._unit_keys()]
+            ids = self.iter_ids()  # type: ignore[attr-defined]  (a collection)
+        check, keys = self._engine.check_id, self._unit_keys()
+        return [Unit(check(rid), t, m) for rid in ids for t, m in keys]
 
     # -- steps, status, logs ----------------------------------------------------------------
 

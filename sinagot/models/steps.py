@@ -183,12 +183,18 @@ class Step:
     def script(self) -> ScriptTemplate:
         """The user's `Script`, loaded fresh from its file and bound to this record (its
         `path`, `data_exist`, own methods). For a collection, `{id}` stays a placeholder."""
+        from ..errors import ScriptError
         from ..scripts import bind_script
 
-        engine = self.model._engine
-        return bind_script(
-            self.spec, self.id or "{id}", self.task or "{task}", engine.config.dataset
-        )
+        engine, spec = self.model._engine, self.spec
+        try:
+            return bind_script(
+                spec, self.id or "{id}", self.task or "{task}", engine.config.dataset
+            )
+        except ScriptError:
+            raise
+        except (Exception, SystemExit) as exc:  # the user's module raised while importing
+            raise ScriptError(f"{spec.script}: importing the script raised {exc!r}") from None
 
 
 def status_frame(plans: list[StepPlan], reasons: bool = False) -> pd.DataFrame:

@@ -44,7 +44,10 @@ def test_dask_mode_gives_the_main_process_results(tmp_path):
         local_files = run_sonetaa(ws)
 
     distributed = copy_data("sonetaa", tmp_path / "dask")
-    with Workspace(distributed, verbose=False) as ws:
+    # A site file merged on top: any free port for the dashboard (another cluster may run).
+    site = tmp_path / "site.toml"
+    site.write_text('[dask]\ndashboard_address = ":0"\n')
+    with Workspace([distributed, site], verbose=False) as ws:
         assert ws.config["run"]["mode"] == "dask"
         assert ws.config["dask"]["cluster"]["n_workers"] == 2
         dask_files = run_sonetaa(ws)

@@ -150,9 +150,14 @@ def test_how_many_records_have_rs_eeg_data(workspace):
     assert rows(workspace.HDC.behavior.count_raw_data()) == [("HDC", "behavior", 1)]
 
 
-def test_count_of_a_step_no_unit_has_is_an_empty_frame(workspace):
-    # Deliberate difference 8: 0.3 raised ValueError.
-    frame = workspace.EEG.count_step(step_label="scores")
+def test_count_of_a_step_no_unit_here_has_names_the_steps(workspace):
+    # 0.3 raised ValueError("All objects passed were None"); a typo is named with the choices.
+    with pytest.raises(KeyError, match="no step 'scores' here; steps: alpha, preprocess"):
+        workspace.EEG.count_step(step_label="scores")
+
+
+def test_count_of_a_step_no_record_has_run_is_an_empty_frame(workspace):
+    frame = workspace.RS.EEG.count_step(step_label="alpha", position="output")
     assert len(frame) == 0
     assert list(frame.columns) == ["task", "modality", "count"]
 
