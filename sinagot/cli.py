@@ -17,12 +17,13 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import scaffold
+from . import __version__, scaffold
 from .engine import Engine
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope
@@ -33,6 +34,8 @@ from .runner import StepResult
 from .status import StepStatus
 
 EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG, EX_INTERRUPTED, EX_PIPE = 0, 1, 2, 78, 130, 141
+#: `sinagot status --check`: steps are due or in flight, and none failed.
+EX_WAITING = 3
 ASK_TIMEOUT = 60.0  # seconds to wait for a running daemon's answer to `sinagot run`
 
 
@@ -95,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sinagot", description="Run per-record processing scripts over a dataset."
     )
+    parser.add_argument("--version", action="version", version=f"sinagot {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     init = sub.add_parser("init", help="scaffold a new workspace")
@@ -128,14 +132,32 @@ def _parser() -> argparse.ArgumentParser:
     workspace_arg(status)
     scope_args(status)
     status.add_argument("--stale", action="store_true", help="only the steps that would run")
+    status.add_argument("--failed", action="store_true", help="only the steps that failed")
+    status.add_argument(
+        "--check", action="store_true",
+        help=f"exit {EX_FAILED} if a step failed, {EX_WAITING} if steps are due or in flight "
+        "(none failed), 0 if all is done: for scripts and monitoring",
+    )  # fmt: skip
     status.add_argument("--json", action="store_true", help="a JSON array, one object a step")
     status.set_defaults(command=cmd_status)
 
-    logs = sub.add_parser("logs", help="the per-record logs")
+    logs = sub.add_parser(
+        "logs", help="the per-record logs",
+        description="Every record's log lines, merged in time order.",
+        epilog="examples:\n  sinagot logs -n 20\n  sinagot logs --since 2h --step mean\n"
+        "  sinagot logs -f --record REC-20200601\n  sinagot logs --json | jq .message",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     workspace_arg(logs)
     logs.add_argument("--record", metavar="ID", help="only this record")
     logs.add_argument("--step", metavar="S", help="only this step")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument(
+        "-n", "--lines", type=_count, metavar="N",
+        help="only the last N lines (default: all; 10 with --follow)",
+    )  # fmt: skip
+    logs.add_argument("--since", metavar="WHEN", help="only lines from then: 2h, 30m, 2020-06-01")
+    logs.add_argument("--json", action="store_true", help="the lines as JSON, one a line")
     logs.set_defaults(command=cmd_logs)
     return parser
 
@@ -266,12 +288,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Engine(args.workspace, verbose=False) as ws:
         _, units = _select(ws, args)
         plans = ws.plan(units, stale_only=args.stale)
+        # Records in natural order (REC-2 before REC-10); units and steps keep theirs.
+        plans.sort(key=lambda p: natural_key(p.unit.record_id))
+        if args.failed:
+            plans = [p for p in plans if p.status == StepStatus.ERROR]
         if args.json:
             json.dump([_as_json(p) for p in plans], sys.stdout, indent=1)
             sys.stdout.write("\n")
         else:
             _print_table(plans, ws)
-    return EX_OK
+    return _check(plans) if args.check else EX_OK
+
+
+def natural_key(text: str) -> list[str | int]:
+    """Sort key putting 'REC-2' before 'REC-10': digit runs compare as numbers."""
+    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(text))]
+
+
+_DIGITS = re.compile(r"(\d+)")
+_WAITING = (StepStatus.DATA_READY, StepStatus.STALE, StepStatus.PROCESSING)
+
+
+def _check(plans: Sequence[StepPlan]) -> int:
+    statuses = {StepStatus(p.status) for p in plans}
+    if StepStatus.ERROR in statuses:
+        return EX_FAILED
+    return EX_WAITING if statuses & set(_WAITING) else EX_OK
 
 
 def _as_json(plan: StepPlan) -> dict[str, object]:
@@ -320,14 +362,29 @@ def _print_table(plans: list[StepPlan], ws: Engine) -> None:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .logview import follow, show
+    from .logview import follow, show, since
 
+    try:
+        after = since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    last = args.lines if args.lines is not None else (10 if args.follow else None)
     with Engine(args.workspace, verbose=False) as ws:
         record = ws.check_id(args.record) if args.record else None
-        show(ws.dataset, record, args.step)
+        width = show(ws.dataset, record, args.step, last=last, after=after, as_json=args.json)
         if args.follow:
-            follow(ws.dataset, record, args.step)
+            follow(ws.dataset, record, args.step, as_json=args.json, width=width)
     return EX_OK
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lines") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} lines: give 0 or more")
+    return value
 
 
 if __name__ == "__main__":

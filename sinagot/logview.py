@@ -10,33 +10,56 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .recordlog import LOG_FOLDER
+from .errors import SinagotError
+from .recordlog import LOG_FOLDER, history, log_time, read_lines
 from .status import StepStatus
 
+#: Status names are at most this long (DATA_NOT_AVAILABLE): the column after them aligns.
+_STATUS_WIDTH = max(len(s.name) for s in StepStatus)
 
-def format_entry(entry: dict) -> str:
+
+def _where(entry: dict) -> str:
     scope = "-".join(p for p in (entry.get("task"), entry.get("modality")) if p)
+    return f"{entry.get('record_id')}{' ' + scope if scope else ''} {entry.get('step_label')}"
+
+
+def format_entry(entry: dict, width: int = 0) -> str:
+    """One readable line: time, record (and scope) and step, status, message; `width` pads
+    the record-and-step column so that lines of several records align."""
     try:
         status = StepStatus(entry.get("step_status")).name
     except ValueError:
         status = str(entry.get("step_status"))
-    where = f"{entry.get('record_id')}{' ' + scope if scope else ''} {entry.get('step_label')}"
-    return f"{entry.get('time', '')}  {where}  {status}  {entry.get('message', '')}"
+    when = entry.get("time", "")
+    return (
+        f"{when}  {_where(entry).ljust(width)}  {status.ljust(_STATUS_WIDTH)}  "
+        f"{entry.get('message', '')}"
+    ).rstrip()
 
 
-def _print_lines(data: str, step: str | None) -> None:
+def _emit(entries: list[dict], as_json: bool, width: int = 0) -> None:
+    for entry in entries:
+        line = json.dumps(entry, ensure_ascii=False) if as_json else format_entry(entry, width)
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _parse(data: str, step: str | None) -> list[dict]:
+    entries = []
     for line in data.splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and (step is None or entry.get("step_label") == step):
-            sys.stdout.write(format_entry(entry) + "\n")
-    sys.stdout.flush()
+            entries.append(entry)
+    return entries
 
 
 def _files(dataset: Path, record: str | None) -> list[Path]:
@@ -52,16 +75,62 @@ def _files(dataset: Path, record: str | None) -> list[Path]:
     return sorted(folder / name for name in names if name.endswith(".log"))
 
 
-def show(dataset: Path, record: str | None, step: str | None) -> None:
-    """Print the logs as they are now, one record after the other."""
-    for path in _files(dataset, record):
-        try:
-            _print_lines(path.read_text(encoding="utf-8", errors="replace"), step)
-        except FileNotFoundError:
-            continue
+def since(text: str) -> datetime:
+    """`--since`: an ISO 8601 date or time (local time when it says no offset), or an age:
+    `90s`, `30m`, `2h`, `1d`. ValueError saying what is accepted otherwise."""
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip()):
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: give a date or time (2020-06-01, 2020-06-01T12:00) or an "
+            "age (90s, 30m, 2h, 1d)"
+        ) from None
+    return when.astimezone(UTC) if when.tzinfo is None else when
 
 
-def follow(dataset: Path, record: str | None, step: str | None) -> None:
+def show(
+    dataset: Path,
+    record: str | None,
+    step: str | None,
+    *,
+    last: int | None = None,
+    after: datetime | None = None,
+    as_json: bool = False,
+) -> int:
+    """Print the logs as they are now, every record's merged in time order (`last`: only
+    the last lines; `after`: only lines from then on). Returns the record-and-step column's
+    width, for the lines `follow` prints next."""
+    entries = [
+        entry
+        for path in _files(dataset, record)
+        for file in history(dataset, path.name[: -len(".log")])
+        for entry in _read(file, step)
+    ]
+    stamped = [(log_time(e.get("time")), i, e) for i, e in enumerate(entries)]
+    if after is not None:
+        stamped = [t for t in stamped if t[0] is not None and t[0] >= after]
+    stamped.sort(key=lambda t: (t[0] is None, t[0] or datetime.min.replace(tzinfo=UTC), t[1]))
+    chosen = [e for _, _, e in stamped]
+    if last is not None:
+        chosen = chosen[-last:] if last else []
+    width = max((len(_where(e)) for e in chosen), default=0)
+    _emit(chosen, as_json, width)
+    return width
+
+
+def _read(path: Path, step: str | None) -> list[dict]:
+    try:
+        return [e for e in read_lines(path) if step is None or e.get("step_label") == step]
+    except SinagotError as exc:
+        raise OSError(str(exc)) from None
+
+
+def follow(
+    dataset: Path, record: str | None, step: str | None, *, as_json: bool = False, width: int = 0
+) -> None:
     """Print lines appended from now on, until interrupted (watchdog tells when)."""
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
@@ -104,7 +173,7 @@ def follow(dataset: Path, record: str | None, step: str | None) -> None:
                     offsets[path] = offsets.get(path, 0) + len(data[:cut].encode())
             except FileNotFoundError:
                 continue
-            _print_lines(data[:cut], step)
+            _emit(_parse(data[:cut], step), as_json, width)
     finally:
         observer.stop()
         observer.join()

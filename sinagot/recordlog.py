@@ -329,7 +329,7 @@ def history(dataset: Path | str, record_id: str) -> list[Path]:
     return [*(p for p in older if p.is_file()), current]
 
 
-def _utc(value: object) -> datetime | None:
+def log_time(value: object) -> datetime | None:
     """A line's `time` as a tz-aware UTC datetime: ours carry their offset, 0.3's were naive
     UTC. None when it is not an ISO 8601 time."""
     if not isinstance(value, str):
@@ -362,7 +362,7 @@ def _log_rows(
                 and (step is None or entry.get("step_label") == step)
             ):
                 row = {key: entry.get(key) for key in COLUMNS}
-                row["time"] = _utc(row["time"])
+                row["time"] = log_time(row["time"])
                 rows.append(row)
     rows.sort(
         key=lambda row: (row["time"] is None, row["time"] or datetime.min.replace(tzinfo=UTC))

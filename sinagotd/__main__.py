@@ -8,6 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sinagot import __version__
 from sinagot.errors import ConfigError, SinagotError
 
 from .daemon import Daemon, Options
@@ -21,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="sinagotd",
         description="Watch a workspace's data folder and keep every record processed.",
     )
+    parser.add_argument("--version", action="version", version=f"sinagotd {__version__}")
     parser.add_argument(
         "workspace",
         nargs="?",

@@ -343,6 +343,11 @@ def test_logs_of_a_record_and_of_a_step(harbor, capsys):
     assert {rid for rid in HARBOR_IDS if any(rid in line for line in lines)} == set(HARBOR_IDS)
 
 
+def flat(line: str) -> str:
+    """A line with its alignment padding squeezed: what a person reads."""
+    return " ".join(line.split())
+
+
 def test_logs_follow_prints_new_lines(harbor):
     assert sinagot("run", harbor).returncode == 0
     log = harbor / "dataset" / "LOG" / "REC-20200601.log"
@@ -382,14 +387,15 @@ def test_logs_follow_prints_new_lines(harbor):
                 fh.write(json.dumps(entry) + "\n")
 
         wait_for_line("hello from the test", 20, poke=append)
-        assert any("REC-20200601 count  PROCESSING  hello from the test" in s for s in seen)
+        assert any("REC-20200601 count PROCESSING hello from the test" in flat(s) for s in seen)
 
         count = len(seen)
         assert sinagot("run", harbor, "--record", "REC-20200601", "--step", "mean",
                        "--force").returncode == 0  # fmt: skip
-        wait_for_line("REC-20200601 mean  DONE  Run finished", 20, start=count)
+        wait_for_line("Run finished", 20, start=count)
         new = seen[count:]
-        assert any("REC-20200601 mean  INIT  Init run" in s for s in new)
+        assert any("REC-20200601 mean DONE Run finished" in flat(s) for s in new)
+        assert any("REC-20200601 mean INIT Init run" in flat(s) for s in new)
         ran = [s for s in new if "hello from the test" not in s]  # late copies of the poke
         assert not any(" count " in s for s in ran), "only the step that ran"
     finally:
@@ -405,3 +411,87 @@ def test_logs_follow_prints_new_lines(harbor):
     assert "Traceback" not in process.stderr.read()
     process.stderr.close()
     process.stdout.close()
+
+
+# -- fitting the shell: version, order, filters, exit status -------------------------------
+
+
+def test_both_commands_say_their_version():
+    from sinagot import __version__
+
+    for command in (sinagot_command(), [sys.executable, "-m", "sinagotd"]):
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0
+        assert done.stdout.strip().endswith(__version__)
+
+
+def test_status_lists_records_in_natural_order(harbor, capsys):
+    # REC-2 before REC-10, as a person reads them (the dataset lists them in any order).
+    config = harbor / "workspace.toml"
+    config.write_text(config.read_text().replace(r"REC-[\\d]{8}", r"REC-\\d+"))
+    raw = harbor / "dataset" / "raw"
+    for old in raw.iterdir():
+        old.unlink()
+    for number in (10, 2, 1, 33, 3):
+        (raw / f"REC-{number}-raw.csv").write_text("boat_name,country\nA,FR\n")
+
+    assert main(["status", str(harbor), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+
+    order = list(dict.fromkeys(row["record_id"] for row in rows))
+    assert order == ["REC-1", "REC-2", "REC-3", "REC-10", "REC-33"]
+    assert [row["step"] for row in rows[:2]] == ["count", "mean"]  # steps keep their order
+
+
+def test_status_check_says_failed_waiting_or_done_by_exit_status(harbor, capsys):
+    assert main(["status", str(harbor), "--check"]) == 3  # steps are due
+    assert main(["run", str(harbor)]) == 0
+    assert main(["status", str(harbor), "--check"]) == 0  # all done
+    script = harbor / "scripts" / "mean.py"
+    script.write_text(
+        script.read_text().replace(
+            "def run(self):", "def run(self):\n        raise RuntimeError('no mean today')"
+        )
+    )
+    assert main(["run", str(harbor)]) == 1
+    capsys.readouterr()
+
+    assert main(["status", str(harbor), "--check", "--failed", "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert {(row["step"], row["status"]) for row in failed} == {("mean", "ERROR")}
+    assert len(failed) == 3
+
+
+def test_logs_merge_records_in_time_order_and_align(harbor, capsys):
+    assert main(["run", str(harbor)]) == 0
+    capsys.readouterr()
+
+    assert main(["logs", str(harbor), "--json"]) == 0
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(entries) == 18
+    times = [entry["time"] for entry in entries]
+    assert times == sorted(times), "one timeline, not one record after the other"
+
+    assert main(["logs", str(harbor)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    statuses = {line.index(status) for line in lines for status in ("INIT", "PROCESSING", "DONE")
+                if f" {status} " in line}  # fmt: skip
+    assert len(statuses) == 1, "the status column starts at the same place on every line"
+
+
+def test_logs_last_lines_and_since(harbor, capsys):
+    assert main(["run", str(harbor)]) == 0
+    capsys.readouterr()
+
+    assert main(["logs", str(harbor), "-n", "4", "--json"]) == 0
+    last = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(last) == 4 and last[-1]["message"] == "Run finished"
+
+    assert main(["logs", str(harbor), "--since", "1h"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 18
+    assert main(["logs", str(harbor), "--since", "2999-01-01"]) == 0
+    assert capsys.readouterr().out == ""
+
+    assert main(["logs", str(harbor), "--since", "yesterday"]) == 2
+    err = capsys.readouterr().err
+    assert "--since 'yesterday'" in err and "2h" in err and len(err.splitlines()) == 1
