@@ -30,7 +30,7 @@ from .layout import Scope
 from .patterns import PathProblem
 from .planner import StepPlan
 from .requests import RequestError, RunRequest, ask
-from .runner import StepResult
+from .runner import Outcome, StepResult
 from .status import StepStatus
 
 EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG, EX_INTERRUPTED, EX_PIPE = 0, 1, 2, 78, 130, 141
@@ -244,18 +244,23 @@ def _where(plan: StepPlan) -> str:
 
 
 def _summary(results: list[StepResult], planned: int) -> int:
-    failed = [r for r in results if r.state == "failed"]
-    blocked = [r for r in results if r.state is None]
-    done = len(results) - len(failed) - len(blocked)
-    for r in failed + blocked:
-        scope = "/".join(p for p in (r.unit.task, r.unit.modality) if p)
-        print(f"FAILED {r.unit.record_id}{' ' + scope if scope else ''} {r.step}: {r.error}")
-    not_run = planned - len(results)
-    print(
-        f"{done} step(s) done, {len(failed) + len(blocked)} failed"
-        + (f", {not_run} not run after a failure" if not_run else "")
-    )
-    return EX_FAILED if failed or blocked else EX_OK
+    """Say what happened to each step that did not end done, then the counts: a step skipped
+    because an earlier one of its unit failed is not counted as failed itself."""
+    by = {outcome: [r for r in results if r.outcome is outcome] for outcome in Outcome}
+    for outcome, label in ((Outcome.FAILED, "FAILED"), (Outcome.NOT_RUN, "NOT RUN"),
+                           (Outcome.SKIPPED, "SKIPPED")):  # fmt: skip
+        for r in by[outcome]:
+            scope = "/".join(p for p in (r.unit.task, r.unit.modality) if p)
+            print(f"{label} {r.unit.record_id}{' ' + scope if scope else ''} {r.step}: {r.error}")
+    counts = [f"{len(by[Outcome.DONE])} step(s) done", f"{len(by[Outcome.FAILED])} failed"]
+    if by[Outcome.NOT_RUN]:
+        counts.append(f"{len(by[Outcome.NOT_RUN])} could not run")
+    if by[Outcome.SKIPPED]:
+        counts.append(f"{len(by[Outcome.SKIPPED])} skipped after a failure in their unit")
+    if not_run := planned - len(results):
+        counts.append(f"{not_run} not run after a failure")
+    print(", ".join(counts))
+    return EX_OK if len(by[Outcome.DONE]) == len(results) == planned else EX_FAILED
 
 
 class _Progress:

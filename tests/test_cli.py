@@ -495,3 +495,17 @@ def test_logs_last_lines_and_since(harbor, capsys):
     assert main(["logs", str(harbor), "--since", "yesterday"]) == 2
     err = capsys.readouterr().err
     assert "--since 'yesterday'" in err and "2h" in err and len(err.splitlines()) == 1
+
+
+def test_run_counts_a_step_skipped_after_a_failure_apart_from_the_failure(harbor):
+    fail_for(harbor / "scripts" / "count.py", "REC-20200602", "bad boat")
+
+    done = sinagot("run", cwd=harbor)
+
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert "FAILED REC-20200602 count: ValueError: bad boat" in lines
+    assert any(line.startswith("SKIPPED REC-20200602 mean: ") for line in lines), lines
+    assert lines[-1] == ("4 step(s) done, 1 failed, 1 skipped after a failure in their unit"), (
+        "the skipped step is not counted as a failure"
+    )
