@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..layout import Scope as Key
+from ..patterns import PathPattern
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +65,6 @@ def _path_sets(
     spec = engine.config.modalities.get(modality) if modality else None
     data_path = spec.models.data_path if spec is not None else None
     if data_path is not None and step_label is None:  # a pandas modality's raw data
-        pattern = "/".join(data_path)
-        return [(rid, (pattern.replace("{id}", rid).replace("{task}", task or ""),))
-                for rid in ids]  # fmt: skip
+        pattern = PathPattern.parse(data_path)
+        return [(rid, (pattern.relative(rid, task),)) for rid in ids]
     return []

@@ -16,13 +16,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SinagotError
-from ..patterns import embeddable
+from ..patterns import PathPattern
 from ..recordlog import inside_dataset
 from .files import parsing, read_text
 from .records import Record, RecordCollection
@@ -38,24 +37,26 @@ def _settings(scope: Record | RecordCollection) -> Any:
     return spec.models
 
 
-def _pattern(scope: Record | RecordCollection, parts: tuple[str, ...]) -> str:
-    """`models.data_path` as a relative path pattern, `{task}` filled in."""
-    pattern = "/".join(parts)
-    if "{task}" in pattern:
-        if scope.task is None:
-            raise SinagotError(
-                f"[modalities.{scope.modality}] models.data_path uses {{task}}: "
-                f"choose a task first (e.g. ws.<task>.{scope.modality})"
-            )
-        pattern = pattern.replace("{task}", scope.task)
+def _data_pattern(scope: Record | RecordCollection) -> PathPattern | None:
+    """`models.data_path` as the core's `PathPattern` (None: the modality has none);
+    SinagotError when it needs a task the scope does not have."""
+    parts = _settings(scope).data_path
+    if parts is None:
+        return None
+    pattern = PathPattern.parse(parts)
+    if pattern.has_task and scope.task is None:
+        raise SinagotError(
+            f"[modalities.{scope.modality}] models.data_path uses {{task}}: "
+            f"choose a task first (e.g. ws.<task>.{scope.modality})"
+        )
     return pattern
 
 
 def _json_path(scope: Record | RecordCollection, record_id: str) -> Path | None:
-    parts = _settings(scope).data_path
-    if parts is None:
+    pattern = _data_pattern(scope)
+    if pattern is None:
         return None
-    return scope._engine.config.dataset / _pattern(scope, parts).replace("{id}", record_id)
+    return pattern.resolve(scope._engine.config.dataset, record_id, scope.task)
 
 
 def _table(scope: Record | RecordCollection) -> pd.DataFrame | None:
@@ -124,14 +125,14 @@ class PandasRecordCollection(RecordCollection):
         table = _table(self)
         if table is not None:
             return (str(i) for i in table.index)
-        parts = _settings(self).data_path
-        if parts is None:
+        pattern = _data_pattern(self)
+        if pattern is None:
             return iter(())
-        return _glob_ids(self, parts)
+        return _found_ids(self, pattern)
 
     def _ids_key(self) -> tuple[object, ...]:
-        settings = _settings(self)
-        by_task = any("{task}" in part for part in settings.data_path or ())
+        parts = _settings(self).data_path
+        by_task = parts is not None and PathPattern(parts).has_task
         return (type(self), self.task if by_task else None, self.modality)
 
     @property
@@ -152,25 +153,15 @@ class PandasRecordCollection(RecordCollection):
         return frame
 
 
-def _glob_ids(scope: RecordCollection, parts: tuple[str, ...]) -> Iterator[str]:
-    """The IDs whose data file exists: `{id}` globbed, then matched against `id_pattern`."""
+def _found_ids(scope: RecordCollection, pattern: PathPattern) -> Iterator[str]:
+    """The IDs whose data file exists, found as the core discovers records (each folder
+    listed once, IDs matched against `id_pattern`)."""
     config = scope._engine.config
-    pattern = _pattern(scope, parts)
-    regex = re.compile(
-        "".join(
-            f"(?P<id{i}>{embeddable(config.id_regex.pattern)})"
-            if piece == "{id}"
-            else re.escape(piece)
-            for i, piece in enumerate(re.split(r"(\{id\})", pattern))
-        )
-    )
+    matcher = pattern.compile(config.id_regex, None if scope.task is None else [scope.task])
     seen: set[str] = set()
-    for path in sorted(config.dataset.glob(pattern.replace("{id}", "*"))):
-        m = regex.fullmatch(path.relative_to(config.dataset).as_posix())
-        if m is None:
-            continue
-        ids = set(m.groupdict().values())
-        if len(ids) == 1 and (rid := ids.pop()) not in seen and path.is_file():
+    for match in matcher.scan(config.dataset):
+        rid = match.record_id
+        if rid not in seen and (config.dataset / match.relative).is_file():
             seen.add(rid)
             yield rid
 
