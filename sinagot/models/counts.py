@@ -26,9 +26,7 @@ def count_step(
         raise ValueError(f"position {position!r} is not one of {', '.join(POSITIONS)}")
     engine = scope._engine
     if step_label is not None:
-        names = {s.name for k in scope._unit_keys() for s in engine.layout.steps(*k)}
-        if step_label not in names:
-            raise KeyError(f"no step {step_label!r} here; steps: {', '.join(sorted(names))}")
+        scope.steps._check_label(step_label)
     ids = scope._record_ids()
     if ids is None:
         ids = list(engine.layout.discover(Key()))

@@ -110,10 +110,8 @@ class StepCollection:
         steps named `step_label` if given. `ignore_missing` runs steps whose inputs are
         missing (the script decides); `debug` raises a script's exception here instead of
         logging it."""
-        if step_label is not None and step_label not in self._all_names():
-            raise KeyError(
-                f"no step {step_label!r} here; steps: {', '.join(self._all_names()) or 'none'}"
-            )
+        if step_label is not None:
+            self._check_label(step_label)
         plans = self._plans(step_label, force, ignore_missing)
         self.model._engine.execute(plans, debug=debug)
 
@@ -122,6 +120,14 @@ class StepCollection:
         if isinstance(names, dict):
             return list(dict.fromkeys(n for per in names.values() for n in per))
         return names
+
+    def _check_label(self, step_label: str) -> None:
+        """KeyError naming this scope's steps when `step_label` is none of them."""
+        names = self._all_names()
+        if step_label not in names:
+            raise KeyError(
+                f"no step {step_label!r} here; steps: {', '.join(sorted(names)) or 'none'}"
+            )
 
     def status(self, reasons: bool = False) -> pd.DataFrame:
         """One row per step of each unit: 0.3's columns, `step_index` from 1; with
