@@ -1,7 +1,8 @@
 """`sinagot logs`: the per-record logs, readable, and followed like `tail -f`.
 
-A log folder or file that cannot be read raises the OSError naming it (the CLI prints that
-one line): silence would read as "no logs". Reading never creates anything in the dataset:
+A log folder that cannot be listed raises the OSError naming it, a log file that cannot be
+read (or is a link, a FIFO) the SinagotError naming it; the CLI prints that one line:
+silence would read as "no logs". Reading never creates anything in the dataset:
 a folder made by a reader would carry the reader's owner and umask, not the service's.
 """
 
@@ -16,8 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .errors import SinagotError
-from .recordlog import LOG_FOLDER, history, log_time, read_lines
+from .recordlog import LOG_FOLDER, history, in_time_order, log_time, parse_entries, read_lines
 from .status import StepStatus
 
 #: Status names are at most this long (DATA_NOT_AVAILABLE): the column after them aligns.
@@ -51,15 +51,7 @@ def _emit(entries: list[dict], as_json: bool, width: int = 0) -> None:
 
 
 def _parse(data: str, step: str | None) -> list[dict]:
-    entries = []
-    for line in data.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and (step is None or entry.get("step_label") == step):
-            entries.append(entry)
-    return entries
+    return [e for e in parse_entries(data.splitlines()) if step in (None, e.get("step_label"))]
 
 
 def _files(dataset: Path, record: str | None) -> list[Path]:
@@ -107,25 +99,17 @@ def show(
         entry
         for path in _files(dataset, record)
         for file in history(dataset, path.name[: -len(".log")])
-        for entry in _read(file, step)
+        for entry in read_lines(file)
+        if step in (None, entry.get("step_label"))
     ]
-    stamped = [(log_time(e.get("time")), i, e) for i, e in enumerate(entries)]
     if after is not None:
-        stamped = [t for t in stamped if t[0] is not None and t[0] >= after]
-    stamped.sort(key=lambda t: (t[0] is None, t[0] or datetime.min.replace(tzinfo=UTC), t[1]))
-    chosen = [e for _, _, e in stamped]
+        entries = [e for e in entries if (t := log_time(e.get("time"))) is not None and t >= after]
+    chosen = in_time_order(entries, lambda e: log_time(e.get("time")))
     if last is not None:
         chosen = chosen[-last:] if last else []
     width = max((len(_where(e)) for e in chosen), default=0)
     _emit(chosen, as_json, width)
     return width
-
-
-def _read(path: Path, step: str | None) -> list[dict]:
-    try:
-        return [e for e in read_lines(path) if step is None or e.get("step_label") == step]
-    except SinagotError as exc:
-        raise OSError(str(exc)) from None
 
 
 def follow(

@@ -24,15 +24,17 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import LogSettings
 from .errors import SinagotError
 from .status import StepStatus
+
+T = TypeVar("T")
 
 LOG_FOLDER = "LOG"
 #: The columns of `logs_frame`: sinagot 0.3's keys, in its order (ours are the same keys).
@@ -306,16 +308,28 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
         return
     try:
         with open(fd, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
-                    yield entry
+            yield from parse_entries(fh)
     except OSError as exc:
         raise SinagotError(f"cannot read log file {path}: {exc.strerror or exc}") from None
 
+
+def parse_entries(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The log entries among these lines: a torn or foreign line is skipped, not fatal."""
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            yield entry
+
+
+def in_time_order(items: Iterable[T], when: Callable[[T], datetime | None]) -> list[T]:
+    """Oldest first; equal times keep their order, and items without a time come last."""
+    return sorted(items, key=lambda item: ((t := when(item)) is None, t or _EARLIEST))
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 #: sinagot 0.3 rotated a record's log at 512 KiB, keeping this many older files.
 ROTATED_03 = 5
@@ -364,10 +378,7 @@ def _log_rows(
                 row = {key: entry.get(key) for key in COLUMNS}
                 row["time"] = log_time(row["time"])
                 rows.append(row)
-    rows.sort(
-        key=lambda row: (row["time"] is None, row["time"] or datetime.min.replace(tzinfo=UTC))
-    )
-    return rows
+    return in_time_order(rows, lambda row: row["time"])
 
 
 def logs_frame(
