@@ -143,7 +143,7 @@ class Config:
     dask: DaskSettings = DaskSettings()
     content_hash: bool = False
     track_scripts: bool = True
-    version: str | None = None
+    version: str = DEFAULT_VERSION
     daemon: Mapping[str, Any] = field(default_factory=dict)
     origins: Mapping[tuple[str, ...], Path] = field(default_factory=dict, repr=False)
     time_limit: float | None = None

@@ -56,7 +56,7 @@ class Engine:
         self.layout = Layout(self.config)
         self.verbose = verbose
         #: Written as `workspace_version` in every log line (`Workspace.version` may differ).
-        self.version = self.config.version
+        self.version: str = self.config.version
         self.store = StateStore(self.config.state_dir)
         self.lock = WriterLock(self.config.state_dir)
         self._executor: Executor | None = None
@@ -240,7 +240,7 @@ class Engine:
             inputs=plan.inputs,
             outputs=plan.outputs,
             receipts=str(self.receipts),
-            workspace_version=None if self.version is None else str(self.version),
+            workspace_version=self.version,
             hash_inputs=self.config.content_hash,
             echo=self.verbose and local,
             time_limit=self.config.time_limit_for(plan.step.name),

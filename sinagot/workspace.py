@@ -12,7 +12,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .config import DEFAULT_VERSION
 from .engine import Engine
 from .errors import SinagotError
 from .models import RecordCollection, StepCollection
@@ -98,7 +97,7 @@ class Workspace:
     @property
     def version(self) -> str:
         """The workspace's version, written into every log line (default "0.1.0")."""
-        return self._engine.config.version or DEFAULT_VERSION
+        return self._engine.config.version
 
     @property
     def data_path(self) -> Path:
