@@ -9,6 +9,10 @@ shell's own tools give (128 + SIGPIPE).
 Exceptions become exit codes here and only here. A user's situation (a SinagotError, an
 OSError naming a path) prints one line, never a traceback; any other exception is a bug
 in sinagot and keeps its traceback.
+
+Start-up time matters (`sinagot status` in a prompt or a monitoring loop): `rich` is
+imported only by what draws with it (`status --grid`, the progress bars of `run` on a
+terminal) and `shtab` only by `sinagot completion`.
 """
 
 from __future__ import annotations
@@ -17,19 +21,20 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__, scaffold
+from .board import natural_key
 from .engine import Engine
 from .errors import ConfigError, RecordIdError, SinagotError
-from .layout import Scope
+from .layout import Scope, Unit
 from .patterns import PathProblem
 from .planner import StepPlan
-from .requests import RequestError, RunRequest, ask
+from .requests import Ended, RequestError, RunRequest, Waiter, ask, read_rows
 from .runner import Outcome, StepResult
 from .status import StepStatus
 
@@ -37,6 +42,11 @@ EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG, EX_INTERRUPTED, EX_PIPE = 0, 1, 2, 78, 13
 #: `sinagot status --check`: steps are due or in flight, and none failed.
 EX_WAITING = 3
 ASK_TIMEOUT = 60.0  # seconds to wait for a running daemon's answer to `sinagot run`
+POLL_SECONDS = 0.2  # `run --wait`: least time between two reads of the state store
+SHELLS = ("bash", "zsh", "tcsh")  # `sinagot completion`: what shtab >= 1.7 writes
+# How shtab completes a path (its FILE and DIRECTORY), without importing shtab to say so.
+_FILES = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+_DIRS = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
 
 
 class UsageError(SinagotError):
@@ -96,27 +106,46 @@ def _discard_stdout() -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sinagot", description="Run per-record processing scripts over a dataset."
-    )
+        prog="sinagot", description="Run per-record processing scripts over a dataset.",
+        epilog="commands have examples in their help: sinagot run --help",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"sinagot {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    init = sub.add_parser("init", help="scaffold a new workspace")
-    init.add_argument("path", type=Path, metavar="PATH")
+    def command(name: str, help: str, examples: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help, epilog=f"examples:\n{examples}",
+            formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs,
+        )  # fmt: skip
+
+    init = command(
+        "init", "scaffold a new workspace",
+        "  sinagot init lab          lab/workspace.toml, lab/scripts/, lab/dataset/raw/\n"
+        "  cd lab && sinagot run     once recordings are under dataset/raw",
+    )  # fmt: skip
+    init.add_argument("path", type=Path, metavar="PATH").complete = _DIRS  # type: ignore[attr-defined]
     init.set_defaults(command=cmd_init)
 
     def workspace_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "workspace", nargs="?", default=".", metavar="WORKSPACE",
             help="workspace folder or .toml file (default: the current folder)",
-        )  # fmt: skip
+        ).complete = _FILES  # type: ignore[attr-defined]  # fmt: skip
 
     def scope_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--record", action="append", metavar="ID", help="only this record")
         p.add_argument("--task", metavar="T", help="only this task")
         p.add_argument("--modality", metavar="M", help="only this modality")
 
-    run = sub.add_parser("run", help="run the steps that are due")
+    run = command(
+        "run", "run the steps that are due",
+        "  sinagot run                         run what is due in the workspace here\n"
+        "  sinagot run lab --record REC-20200601 --force\n"
+        "  sinagot run --step mean --dry-run   say what would run, run nothing\n"
+        "  sinagot run --wait --timeout 600    sinagotd running: wait for what it queues",
+        description="Run the steps that are due. While sinagotd runs the workspace, ask it\n"
+        "to run them instead (and, with --wait, wait for them).",
+    )  # fmt: skip
     workspace_arg(run)
     scope_args(run)
     run.add_argument("--step", metavar="S", help="only this step")
@@ -126,9 +155,25 @@ def _parser() -> argparse.ArgumentParser:
         "--scheduler", metavar="ADDRESS",
         help="run on this Dask scheduler (default: $SINAGOT_DASK_ADDRESS, then the config)",
     )  # fmt: skip
+    run.add_argument(
+        "--wait", action="store_true",
+        help="sinagotd running: wait until the steps it queued have ended, and exit as a "
+        "run does (0 all done, 1 otherwise); without sinagotd, a run waits anyway",
+    )  # fmt: skip
+    run.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS",
+        help="with --wait: stop waiting after this long, exit 1 (default: no limit)",
+    )  # fmt: skip
     run.set_defaults(command=cmd_run)
 
-    status = sub.add_parser("status", help="where each step of each record stands, and why")
+    status = command(
+        "status", "where each step of each record stands, and why",
+        "  sinagot status --stale            the steps that would run, and why\n"
+        "  sinagot status --grid --failed    one line a record, one mark a step\n"
+        "  sinagot status --json | jq -r '.[] | select(.status == \"ERROR\") | .record_id'\n"
+        "  sinagot status --check || echo 'not done yet'\n"
+        "  sinagot status --html status.html  the status page, one offline file",
+    )  # fmt: skip
     workspace_arg(status)
     scope_args(status)
     status.add_argument("--stale", action="store_true", help="only the steps that would run")
@@ -138,15 +183,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"exit {EX_FAILED} if a step failed, {EX_WAITING} if steps are due or in flight "
         "(none failed), 0 if all is done: for scripts and monitoring",
     )  # fmt: skip
-    status.add_argument("--json", action="store_true", help="a JSON array, one object a step")
+    shape = status.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="a JSON array, one object a step")
+    shape.add_argument(
+        "--grid", action="store_true",
+        help="one line a record (a unit with tasks), one mark a step, a legend; with "
+        "--stale or --failed, the records with such a step",
+    )  # fmt: skip
+    shape.add_argument(
+        "--html", type=Path, metavar="FILE",
+        help="write the status page as one self-contained HTML file (for an email or an "
+        "archive); with --stale or --failed, the records with such a step",
+    )  # fmt: skip
     status.set_defaults(command=cmd_status)
 
-    logs = sub.add_parser(
-        "logs", help="the per-record logs",
-        description="Every record's log lines, merged in time order.",
-        epilog="examples:\n  sinagot logs -n 20\n  sinagot logs --since 2h --step mean\n"
+    logs = command(
+        "logs", "the per-record logs",
+        "  sinagot logs -n 20\n  sinagot logs --since 2h --step mean\n"
         "  sinagot logs -f --record REC-20200601\n  sinagot logs --json | jq .message",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Every record's log lines, merged in time order.",
     )  # fmt: skip
     workspace_arg(logs)
     logs.add_argument("--record", metavar="ID", help="only this record")
@@ -159,6 +214,17 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--since", metavar="WHEN", help="only lines from then: 2h, 30m, 2020-06-01")
     logs.add_argument("--json", action="store_true", help="the lines as JSON, one a line")
     logs.set_defaults(command=cmd_logs)
+
+    completion = command(
+        "completion", "print a shell completion script",
+        "  sinagot completion bash > ~/.local/share/bash-completion/completions/sinagot\n"
+        "  sinagot completion zsh > ~/.zfunc/_sinagot   (fpath+=~/.zfunc before compinit)\n"
+        "  sinagot completion tcsh > ~/.sinagot.tcsh   (source it from ~/.tcshrc)",
+        description="Print the completion script of a shell: commands, options, and\n"
+        "file names for WORKSPACE and PATH.",
+    )  # fmt: skip
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help=", ".join(SHELLS))
+    completion.set_defaults(command=cmd_completion)
     return parser
 
 
@@ -191,6 +257,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout goes with --wait: how long to wait for sinagotd")
     with Engine(args.workspace, verbose=False, scheduler=args.scheduler) as ws:
         scope, units = _select(ws, args)
         if args.step is not None and args.step not in ws.layout.step_names(scope):
@@ -198,44 +266,141 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"sinagot: no step {args.step!r} here; steps: {names}", file=sys.stderr)
             return EX_USAGE
         if not args.dry_run and (holder := ws.lock.holder()) and "sinagotd" in holder:
-            request = RunRequest(args.record, args.task, args.modality, args.step, args.force)
+            request = RunRequest(
+                args.record, args.task, args.modality, args.step, args.force, wait=args.wait
+            )
+            if args.wait:
+                return _wait_for_daemon(ws, request, holder, args.timeout)
             return _ask_daemon(ws.config.state_dir, request, holder)
+        # Without a daemon, --wait changes nothing: this run is the one that waits.
         plans = ws.plan(units, force=args.force, only=args.step, stale_only=True)
         if args.dry_run:
             for plan in plans:
                 print(f"would run {_where(plan)}: {'; '.join(plan.reasons)}")
             print(f"{len(plans)} step(s) would run; nothing was run (--dry-run)")
             return EX_OK
-        progress = _Progress(len(plans)) if sys.stderr.isatty() else None
-        results = ws.execute(plans, on_result=progress.update if progress else None)
-        if progress:
-            progress.close()
+        with _progress("run", len(plans)) as show:
+            seen = dict.fromkeys(Outcome, 0)
+
+            def on_result(result: StepResult) -> None:
+                seen[result.outcome] += 1
+                if show is not None:
+                    show(sum(seen.values()), seen)
+
+            results = ws.execute(plans, on_result=on_result)
         return _summary(results, len(plans))
 
 
 def _ask_daemon(state_dir: Path, request: RunRequest, holder: str) -> int:
     """The daemon is the only writer: ask it, and say what it answered, not what was hoped."""
+    reply = _ask(state_dir, request, holder)
+    if reply is None:
+        return EX_FAILED
+    print(_queued_line(reply, request, "follow with `sinagot status` or its events"))
+    return EX_OK
+
+
+def _ask(state_dir: Path, request: RunRequest, holder: str) -> dict[str, Any] | None:
+    """The daemon's reply if it took the request; None once its refusal (or silence) is said."""
     try:
         reply = ask(state_dir, request, timeout=ASK_TIMEOUT)
     except RequestError as exc:
         _say(f"{holder} holds this workspace, but {exc}")
-        return EX_FAILED
-    who = f"sinagotd pid {reply['pid']}"
+        return None
     if not reply["ok"]:
-        _say(f"{who} refused: {reply.get('error', 'no reason given')}")
-        return EX_FAILED
+        error = str(reply.get("error", "no reason given"))
+        if request.wait and "unknown key 'wait'" in error:
+            error = "it is older than --wait; restart it to update it, or run without --wait"
+        _say(f"sinagotd pid {reply['pid']} refused: {error}")
+        return None
+    return reply
+
+
+def _queued_line(reply: dict[str, Any], request: RunRequest, then: str) -> str:
+    who = f"sinagotd pid {reply['pid']} is running this workspace"
     steps, units, busy = (reply.get(key, 0) for key in ("steps", "units", "busy"))
     if steps or busy:
         queued = f"it queued {steps} step(s) of {units} unit(s)"
         if busy:
             queued += f"; {busy} unit(s) already running are planned again when they end"
-        print(f"{who} is running this workspace: {queued}; "
-              "follow with `sinagot status` or its events")  # fmt: skip
-    else:
-        hint = "" if request.force else " (--force runs them again)"
-        print(f"{who} is running this workspace: nothing to queue, every step asked for "
-              f"is up to date or cannot run{hint}")  # fmt: skip
-    return EX_OK
+        return f"{who}: {queued}; {then}"
+    hint = "" if request.force else " (--force runs them again)"
+    return f"{who}: nothing to queue, every step asked for is up to date or cannot run{hint}"
+
+
+def _wait_for_daemon(ws: Engine, request: RunRequest, holder: str, timeout: float | None) -> int:
+    """`run --wait` with sinagotd running: ask it, then follow the steps it queued in the
+    state store (read-only; `requests.Waiter` says how a step's end is told) until each has
+    ended, and report them as a batch run does. Stopping the wait (Ctrl-C, --timeout)
+    cancels nothing: the daemon goes on with what it queued. If the daemon stops (nobody
+    holds the workspace any more), so does the wait: what it left is not ours to run."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    before = read_rows(ws.store, request.records)  # just before asking: what "new" is against
+    try:
+        reply = _ask(ws.config.state_dir, request, holder)
+        if reply is None:
+            return EX_FAILED
+        waiter = Waiter(
+            reply, before, lambda u: [s.name for s in ws.layout.steps(u.task, u.modality)],
+            force=request.force, only=request.step,
+        )  # fmt: skip
+        print(_queued_line(reply, request, "waiting for them (Ctrl-C stops the wait, not them)"))
+        sys.stdout.flush()
+        stopped = _follow(ws, waiter, deadline)
+    except KeyboardInterrupt:
+        _say("interrupted: stopped waiting; sinagotd goes on with the steps it queued "
+             "(nothing was cancelled)")  # fmt: skip
+        return EX_INTERRUPTED
+    left = waiter.waiting
+    code = _report(_in_order(ws, waiter.ended.values()), [f"{left} still waiting"] if left else [])
+    if stopped == "timeout":
+        _say(f"stopped waiting after {timeout:g} s (--timeout): {left} step(s) still waiting; "
+             "sinagotd goes on with them: see `sinagot status`")  # fmt: skip
+    elif stopped == "daemon":
+        _say(f"{holder} stopped before {left} step(s) ended; see `sinagot status`")
+    return code
+
+
+def _follow(ws: Engine, waiter: Waiter, deadline: float | None) -> str | None:
+    """Read the store until the waiter is done (None), the deadline passes ("timeout") or
+    nobody holds the workspace any more ("daemon"); a progress bar on a terminal."""
+
+    def plan(units: list[Unit], force: bool, only: str | None) -> list[StepPlan]:
+        return ws.plan(units, force=force, only=only)
+
+    with _progress("sinagotd", waiter.total) as show:
+        while True:
+            began = time.monotonic()
+            records = waiter.records()
+            rows = read_rows(ws.store, records if len(records) <= 64 else None)
+            waiter.update(rows, plan)
+            if show is not None:
+                counts = dict.fromkeys(Outcome, 0)
+                for item in waiter.ended.values():
+                    counts[item.outcome] += 1
+                show(waiter.total - waiter.waiting, counts)
+            if waiter.done:
+                return None
+            if ws.lock.holder() is None:
+                return "daemon"
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return "timeout"
+            pause = max(POLL_SECONDS, 2 * (now - began))  # a huge queue: read it less often
+            time.sleep(pause if deadline is None else min(pause, deadline - now))
+
+
+def _in_order(ws: Engine, ended: Iterable[Ended]) -> list[Ended]:
+    """Records in natural order, then units and steps in the layout's order."""
+    keys = {key: i for i, key in enumerate(ws.layout.unit_keys(Scope()))}
+
+    def position(e: Ended) -> tuple[list[str | int], int, int]:
+        steps = [s.name for s in ws.layout.steps(e.unit.task, e.unit.modality)]
+        where = (e.unit.task, e.unit.modality)
+        index = steps.index(e.step) if e.step in steps else len(steps)
+        return (natural_key(e.unit.record_id), keys.get(where, len(keys)), index)
+
+    return sorted(ended, key=position)
 
 
 def _where(plan: StepPlan) -> str:
@@ -246,44 +411,73 @@ def _where(plan: StepPlan) -> str:
 def _summary(results: list[StepResult], planned: int) -> int:
     """Say what happened to each step that did not end done, then the counts: a step skipped
     because an earlier one of its unit failed is not counted as failed itself."""
-    by = {outcome: [r for r in results if r.outcome is outcome] for outcome in Outcome}
+    extra = [f"{not_run} not run after a failure"] if (not_run := planned - len(results)) else []
+    return _report([Ended(r.unit, r.step, r.outcome, r.error) for r in results], extra)
+
+
+def _report(ended: Sequence[Ended], extra: Sequence[str] = ()) -> int:
+    """The lines of the steps that did not end done (`FAILED`: the script failed; `NOT RUN`:
+    it could not be run; `SKIPPED`: an earlier step of its unit failed), then the counts;
+    EX_OK if every step ended done and nothing is left (`extra` says what is)."""
+    by: dict[Outcome, list[Ended]] = {outcome: [] for outcome in Outcome}
+    for item in ended:
+        by[item.outcome].append(item)
     for outcome, label in ((Outcome.FAILED, "FAILED"), (Outcome.NOT_RUN, "NOT RUN"),
                            (Outcome.SKIPPED, "SKIPPED")):  # fmt: skip
-        for r in by[outcome]:
-            scope = "/".join(p for p in (r.unit.task, r.unit.modality) if p)
-            print(f"{label} {r.unit.record_id}{' ' + scope if scope else ''} {r.step}: {r.error}")
+        for unit, step, _, error in by[outcome]:
+            scope = "/".join(p for p in (unit.task, unit.modality) if p)
+            print(f"{label} {unit.record_id}{' ' + scope if scope else ''} {step}: {error}")
     counts = [f"{len(by[Outcome.DONE])} step(s) done", f"{len(by[Outcome.FAILED])} failed"]
     if by[Outcome.NOT_RUN]:
         counts.append(f"{len(by[Outcome.NOT_RUN])} could not run")
     if by[Outcome.SKIPPED]:
         counts.append(f"{len(by[Outcome.SKIPPED])} skipped after a failure in their unit")
-    if not_run := planned - len(results):
-        counts.append(f"{not_run} not run after a failure")
-    print(", ".join(counts))
-    return EX_OK if len(by[Outcome.DONE]) == len(results) == planned else EX_FAILED
+    print(", ".join([*counts, *extra]))
+    return EX_OK if len(by[Outcome.DONE]) == len(ended) and not extra else EX_FAILED
 
 
-class _Progress:
-    """A one-line progress bar on a terminal's stderr."""
+def _tally(counts: dict[Outcome, int]) -> str:
+    """The progress bar's note: '3 done, 1 failed, 1 skipped'."""
+    words = {Outcome.DONE: "done", Outcome.FAILED: "failed", Outcome.NOT_RUN: "could not run",
+             Outcome.SKIPPED: "skipped"}  # fmt: skip
+    return ", ".join(f"{n} {words[outcome]}" for outcome, n in counts.items() if n)
 
-    def __init__(self, total: int) -> None:
-        self.total, self.count, self.failed = total, 0, 0
-        self._last = 0.0
 
-    def update(self, result: StepResult) -> None:
-        self.count += 1
-        self.failed += not result.ok
-        now = time.monotonic()
-        if now - self._last > 0.1 or self.count == self.total:
-            self._last = now
-            width = 30
-            filled = width * self.count // max(self.total, 1)
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {self.count}/{self.total} ({self.failed} failed)")
-            sys.stderr.flush()
+@contextlib.contextmanager
+def _progress(what: str, total: int) -> Iterator[Callable[[int, dict[Outcome, int]], None] | None]:
+    """A progress bar on stderr while the body runs, if stderr is a terminal (None
+    otherwise: a log file or a pipe gets the summary alone). `show(completed, counts)`
+    moves it. rich draws it (and honours NO_COLOR); it redirects nothing: the steps' and
+    the summary's lines go where they would go without it."""
+    if not sys.stderr.isatty() or total == 0:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    def close(self) -> None:
-        sys.stderr.write("\n")
+    progress = Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(), console=Console(stderr=True), redirect_stdout=False,
+        redirect_stderr=False,
+    )  # fmt: skip
+    with progress:
+        task = progress.add_task(what, total=total, note="")
+        last = 0.0
+
+        def show(completed: int, counts: dict[Outcome, int]) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= 0.05 or completed >= total:  # it redraws 10 times a second
+                last = now
+                progress.update(task, completed=completed, note=_tally(counts))
+
+        yield show
 
 
 # -- status -------------------------------------------------------------------------------
@@ -292,25 +486,38 @@ class _Progress:
 def cmd_status(args: argparse.Namespace) -> int:
     with Engine(args.workspace, verbose=False) as ws:
         _, units = _select(ws, args)
-        plans = ws.plan(units, stale_only=args.stale)
+        # The grid shows every step of a record that matches: it plans them all.
+        whole = args.grid or args.html is not None
+        plans = ws.plan(units, stale_only=args.stale and not whole)
         # Records in natural order (REC-2 before REC-10); units and steps keep theirs.
         plans.sort(key=lambda p: natural_key(p.unit.record_id))
+        shown = [p for p in plans if p.run] if whole and args.stale else plans
         if args.failed:
-            plans = [p for p in plans if p.status == StepStatus.ERROR]
+            shown = [p for p in shown if p.status == StepStatus.ERROR]
         if args.json:
-            json.dump([_as_json(p) for p in plans], sys.stdout, indent=1)
+            json.dump([_as_json(p) for p in shown], sys.stdout, indent=1)
             sys.stdout.write("\n")
+        elif args.grid:
+            _print_grid(plans, shown, ws)
+        elif args.html is not None:
+            _write_html(ws, plans, shown, args.html)
         else:
-            _print_table(plans, ws)
-    return _check(plans) if args.check else EX_OK
+            _print_table(shown, ws)
+    return _check(shown) if args.check else EX_OK
 
 
-def natural_key(text: str) -> list[str | int]:
-    """Sort key putting 'REC-2' before 'REC-10': digit runs compare as numbers."""
-    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(text))]
+def _write_html(ws: Engine, plans: list[StepPlan], shown: list[StepPlan], path: Path) -> None:
+    """The report holds every step of each unit that has a step shown."""
+    from .report import write_report  # the page's assets: only when asked for
+
+    units = {p.unit for p in shown}
+    kept = [p for p in plans if p.unit in units]
+    write_report(ws, kept, path)
+    failed = sum(p.status == StepStatus.ERROR for p in kept)
+    records = len({u.record_id for u in units})
+    print(f"wrote {path}: {records} record(s), {len(kept)} step(s), {failed} failed")
 
 
-_DIGITS = re.compile(r"(\d+)")
 _WAITING = (StepStatus.DATA_READY, StepStatus.STALE, StepStatus.PROCESSING)
 
 
@@ -333,6 +540,10 @@ def _as_json(plan: StepPlan) -> dict[str, object]:
 
 
 def _print_table(plans: list[StepPlan], ws: Engine) -> None:
+    # Plain text, not rich: the table is what scripts read and pipe (awk, grep, head),
+    # it must start fast (importing rich costs ~70 ms, a third of `sinagot status`), and
+    # rich would wrap or cut long WHY cells to the terminal's width, where a pipe wants
+    # each step on one line whatever its length.
     scoped = ws.config.scoped
     header = ["RECORD", *(["TASK", "MODALITY"] if scoped else []), "STEP", "STATUS", "WHY"]
     rows = [
@@ -350,6 +561,12 @@ def _print_table(plans: list[StepPlan], ws: Engine) -> None:
     for row in [header, *rows]:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+    _print_counts(plans, ws)
+
+
+def _print_counts(plans: Sequence[StepPlan], ws: Engine) -> None:
+    """The summary under the table and the grid: the steps by status, and who runs them."""
+    out = sys.stdout
     counts: dict[str, int] = {}
     for p in plans:
         counts[StepStatus(p.status).name] = counts.get(StepStatus(p.status).name, 0) + 1
@@ -361,6 +578,92 @@ def _print_table(plans: list[StepPlan], ws: Engine) -> None:
         out.write(f"{holder} is running: {in_flight} in flight, {due} queued\n")
     elif due:
         out.write(f"no daemon is running: {due} step(s) wait for `sinagot run` or sinagotd\n")
+
+
+#: `status --grid`: a mark and a colour per status, in the legend's order; ASCII stand-ins
+#: for an output that cannot encode the marks (a C locale without UTF-8).
+GLYPHS = {
+    StepStatus.DONE: ("✓", "+", "green"),
+    StepStatus.ERROR: ("✗", "x", "red"),
+    StepStatus.PROCESSING: ("●", "*", "cyan"),
+    StepStatus.DATA_READY: ("○", "o", "yellow"),
+    StepStatus.STALE: ("◐", "~", "magenta"),
+    StepStatus.INIT: ("·", ".", "blue"),
+    StepStatus.DATA_NOT_AVAILABLE: ("\u2013", "-", "bright_black"),  # an en dash
+}
+
+
+def _print_grid(plans: list[StepPlan], shown: list[StepPlan], ws: Engine) -> None:
+    """One line per record (per unit with tasks or modalities), one mark per step in step
+    order under a header of step labels; then the labels' key, the legend, and the summary
+    of the table (of `shown`, the steps that match the filters: a line is drawn for every
+    unit with one of them, with all its steps).
+
+    Colours come from rich, which decides as the shell's tools do: on a terminal, or with
+    FORCE_COLOR; never with NO_COLOR (only colours are used, no bold or dim, which NO_COLOR
+    would leave). Each mark is rendered once and lines are joined as plain text: fast for
+    100,000 records, and written to stdout as the table is (a closed pipe exits 141)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=sys.stdout, highlight=False, markup=False, emoji=False)
+    marks: dict[StepStatus, str] = {}
+    plain = _encodable(sys.stdout, "".join(glyph for glyph, _, _ in GLYPHS.values()))
+    for status, (glyph, ascii_glyph, colour) in GLYPHS.items():
+        with console.capture() as captured:
+            console.print(Text(glyph if plain else ascii_glyph, style=colour), end="")
+        marks[status] = captured.get()
+
+    units = list(dict.fromkeys(p.unit for p in shown))
+    wanted = set(units)
+    status_of = {(p.unit, p.step.name): StepStatus(p.status) for p in plans if p.unit in wanted}
+    columns = list(dict.fromkeys(
+        s.name for key in dict.fromkeys((u.task, u.modality) for u in units)
+        for s in ws.layout.steps(*key)
+    ))  # fmt: skip
+    initials = [name[:1] for name in columns]
+    labels = initials if len(set(initials)) == len(initials) else [
+        str(i) for i in range(1, len(columns) + 1)
+    ]  # fmt: skip
+    width = max((len(label) for label in labels), default=1)
+    scoped = ws.config.scoped
+    names = [[u.record_id, *([u.task or "", u.modality or ""] if scoped else [])] for u in units]
+    header = ["RECORD", *(["TASK", "MODALITY"] if scoped else [])]
+    widths = [max([len(h)] + [len(n[i]) for n in names]) for i, h in enumerate(header)]
+    out = sys.stdout
+    blank, pad = " " * width, " " * (width - 1)
+    out.write(("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  "
+               + " ".join(label.ljust(width) for label in labels)).rstrip() + "\n")  # fmt: skip
+    for unit, cells in zip(units, names, strict=True):
+        line = [
+            blank if (status := status_of.get((unit, c))) is None else marks[status] + pad
+            for c in columns
+        ]
+        out.write("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  "
+                  + " ".join(line).rstrip() + "\n")  # fmt: skip
+    if columns:
+        out.write("steps: " + ", ".join(f"{label} {name}" for label, name
+                                        in zip(labels, columns, strict=True)) + "\n")  # fmt: skip
+    out.write("  ".join(f"{marks[status]} {status.name}" for status in GLYPHS) + "\n")
+    _print_counts(shown, ws)
+
+
+def _encodable(stream: object, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+# -- completion ---------------------------------------------------------------------------
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab  # here only: every other command starts without it
+
+    sys.stdout.write(shtab.complete(_parser(), shell=args.shell))
+    return EX_OK
 
 
 # -- logs ---------------------------------------------------------------------------------
@@ -380,6 +683,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
         if args.follow:
             follow(ws.dataset, record, args.step, as_json=args.json, width=width)
     return EX_OK
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} seconds: give a number above 0")
+    return value
 
 
 def _count(text: str) -> int:

@@ -44,7 +44,7 @@ DEFAULT_FILE = "workspace.toml"
 RUN_MODES = ("main_process", "dask")
 KNOWN_TABLES = (
     "workspace", "records", "steps", "path", "run", "dask", "tasks", "modalities",
-    "state", "staleness", "daemon", "log", "info", "processed",
+    "state", "staleness", "daemon", "log", "info", "processed", "notify",
 )  # fmt: skip
 #: The record ID pattern when `[records] id_pattern` is left out: any name part without a
 #: slash that does not start with a dot (hidden files, Sinagot's temporary outputs, are no
@@ -145,6 +145,8 @@ class Config:
     track_scripts: bool = True
     version: str = DEFAULT_VERSION
     daemon: Mapping[str, Any] = field(default_factory=dict)
+    #: `[notify]` as read: the daemon's failure alerts validate it (`sinagotd.alerts`).
+    notify: Mapping[str, Any] = field(default_factory=dict, repr=False)
     origins: Mapping[tuple[str, ...], Path] = field(default_factory=dict, repr=False)
     time_limit: float | None = None
     time_limits: Mapping[str, float] = field(default_factory=dict)
@@ -413,6 +415,7 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         track_scripts=track_scripts,
         version=version,
         daemon=dict(r.table("daemon")),
+        notify=dict(r.table("notify")),
         origins=dict(r.origins),
         time_limit=time_limit,
         time_limits=_time_limits(r, _step_names(steps, modalities)),

@@ -4,11 +4,18 @@ The daemon is the workspace's only writer, so a `sinagot run` while it runs does
 anything itself: it asks the daemon over a Unix socket in the state folder,
 `<state>/sinagotd.sock`, and prints what the daemon answered.
 
-Protocol: one JSON object per line each way, each at most `MAX_BYTES`. The client sends a
-request (`RunRequest`: records, task, modality, step, force); the server answers one line,
-`{"ok": true, "units": U, "steps": S, "busy": B}` or `{"ok": false, "error": "..."}`. The
-line framing leaves room for a later `--wait`: such a request would keep the connection open
-and get more lines after the first.
+Protocol: one JSON object per line each way; a request at most `MAX_BYTES`. The client
+sends a request (`RunRequest`: records, task, modality, step, force, and `wait` only when
+true, so that a plain request reads as it always did); the server answers one line,
+`{"ok": true, "units": U, "steps": S, "busy": B}` or `{"ok": false, "error": "..."}`. A
+request with `"wait": true` (`sinagot run --wait`) also gets, in the same line, which steps
+were queued, `"queued_steps": [[record_id, task, modality, step], ...]`, and which units
+were on the cluster already, `"busy_units": [[record_id, task, modality, generation], ...]`
+(the generation names their run in flight): lists that can be long, so the client reads a
+reply of up to `MAX_REPLY_BYTES`. An older daemon refuses `wait` as an unknown key.
+
+`Waiter` is the waiting: it follows those steps in the state store, read-only, until each
+has ended (see its docstring for the rules), and says how each ended.
 
 Who may ask is the file system's business: the socket is mode 0660, so the service's group
 may ask and nobody else may. Who asked comes from the kernel (`SO_PEERCRED`), never from
@@ -24,24 +31,33 @@ import json
 import os
 import socket
 import socketserver
+import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import SinagotError
+from .layout import Unit
+from .runner import Outcome
+from .state import StateError, StateStore, explain, run_key
+from .status import StepStatus
+
+if TYPE_CHECKING:
+    from .planner import StepPlan
 
 SOCKET_NAME = "sinagotd.sock"
-MAX_BYTES = 64 * 1024  # one request or reply line, newline excluded
+MAX_BYTES = 64 * 1024  # one request line (and a reply the server refuses with), newline excluded
+MAX_REPLY_BYTES = 256 * 1024 * 1024  # a `--wait` reply names every step queued: many, at times
 READ_TIMEOUT = 5.0  # seconds a client has to send its whole request line
 MAX_CLIENTS = 16  # connections served at once; more are told to come back
 SOCKET_MODE = 0o660
 _SUN_PATH_MAX = 100  # sun_path holds 108 bytes; longer paths go through /proc/self/fd
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_FIELDS = ("records", "task", "modality", "step", "force")
+_FIELDS = ("records", "task", "modality", "step", "force", "wait")
 
 
 class RequestError(SinagotError):
@@ -65,6 +81,8 @@ class RunRequest:
     modality: str | None = None
     step: str | None = None
     force: bool = False
+    #: `sinagot run --wait`: the reply names the steps queued and the units already running.
+    wait: bool = False
 
     @classmethod
     def parse(cls, obj: object) -> RunRequest:
@@ -86,16 +104,21 @@ class RunRequest:
             value = obj.get(name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name} must be a string or null, not {_kind(value)}")
-        force = obj.get("force", False)
-        if not isinstance(force, bool):
-            raise ValueError(f"force must be true or false, not {_kind(force)}")
+        for name in ("force", "wait"):
+            value = obj.get(name, False)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, not {_kind(value)}")
         return cls(
             None if records is None else list(records),
-            obj.get("task"), obj.get("modality"), obj.get("step"), force,
+            obj.get("task"), obj.get("modality"), obj.get("step"), obj.get("force", False),
+            obj.get("wait", False),
         )  # fmt: skip
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        fields = asdict(self)
+        if not self.wait:  # a plain request, as every daemon version reads it
+            del fields["wait"]
+        return json.dumps(fields)
 
 
 def _kind(value: object) -> str:
@@ -139,9 +162,9 @@ class _TooLarge(Exception):
     pass
 
 
-def _read_line(sock: socket.socket, deadline: float) -> bytes:
-    """One line (without its newline; EOF ends it too), read by the deadline: a client that
-    trickles bytes cannot hold a thread longer than a silent one."""
+def _read_line(sock: socket.socket, deadline: float, limit: int = MAX_BYTES) -> bytes:
+    """One line (without its newline; EOF ends it too) of at most `limit` bytes, read by the
+    deadline: a client that trickles bytes cannot hold a thread longer than a silent one."""
     data = bytearray()
     while True:
         left = deadline - time.monotonic()
@@ -153,10 +176,10 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes:
             data += chunk
             break
         data += chunk
-        if len(data) > MAX_BYTES:
+        if len(data) > limit:
             raise _TooLarge
     line = bytes(data.split(b"\n", 1)[0])
-    if len(line) > MAX_BYTES:
+    if len(line) > limit:
         raise _TooLarge
     return line
 
@@ -400,11 +423,13 @@ def ask(state_dir: Path, request: RunRequest, timeout: float = 60.0) -> dict[str
         pid = _peer(sock).pid
         try:
             sock.sendall(request.to_json().encode() + b"\n")
-            line = _read_line(sock, deadline)
+            line = _read_line(sock, deadline, MAX_REPLY_BYTES)
         except TimeoutError:
             raise RequestError(f"no answer on {path} within {timeout:g} s{_MAYBE}") from None
         except _TooLarge:
-            raise RequestError(f"{path}: the answer is larger than {MAX_BYTES} bytes") from None
+            raise RequestError(
+                f"{path}: the answer is larger than {MAX_REPLY_BYTES} bytes"
+            ) from None
         except OSError as exc:
             why = exc.strerror or exc
             raise RequestError(
@@ -425,3 +450,270 @@ def _reply(path: Path, line: bytes) -> dict[str, Any]:
         shown = line[:80].decode(errors="replace") or "nothing"
         raise RequestError(f"{path}: the answer is not a reply: {shown!r}")
     return reply
+
+
+# -- waiting: `sinagot run --wait` ------------------------------------------------------------
+
+
+class RunRow(NamedTuple):
+    """A step's row in the state store, as `Waiter` follows it."""
+
+    state: str | None  # 'done' or 'failed' after a finished run
+    error: str | None
+    finished: float | None
+    submitted: float | None  # set while a run of it is queued on the cluster or running
+    generation: str | None  # names the last run submitted (kept after it ends)
+
+
+_ROW_QUERY = "SELECT key, state, error, finished, submitted, generation FROM runs"
+
+
+def read_rows(store: StateStore, record_ids: Iterable[str] | None = None) -> dict[str, RunRow]:
+    """The rows of these records (every row with None), by `run_key`. Read-only: a store that
+    does not exist yet reads as empty. StateError naming the file if it cannot be read.
+
+    Through the store's own read connection (so with its checks: no links, errors said as
+    `StateError`), with a query of our own: `StateStore`'s readers leave out the
+    generation, which tells one run of a step from the next."""
+    db = store._connect(write=False)
+    if db is None:
+        return {}
+    try:
+        if record_ids is None:
+            rows = db.execute(_ROW_QUERY).fetchall()
+        else:  # by index, one record at a time: each record's rows are one snapshot
+            rows = []
+            for record_id in record_ids:
+                rows += db.execute(f"{_ROW_QUERY} WHERE record_id = ?", (record_id,)).fetchall()
+    except sqlite3.Error as exc:
+        store.close()
+        raise StateError(explain(store.path, exc, store.busy_timeout)) from exc
+    return {row[0]: RunRow._make(row[1:]) for row in rows}
+
+
+class Ended(NamedTuple):
+    """How one step a `--wait` followed ended."""
+
+    unit: Unit
+    step: str
+    outcome: Outcome
+    error: str | None
+
+
+#: What a step that ended without a recorded finish says: the daemon's `step.failed` event
+#: holds the reason (the state store keeps none for a run that could not begin).
+NOT_RUN_ERROR = "could not run (sinagotd's step.failed event says why); sinagotd tries it again"
+
+Plan = Callable[[list[Unit], bool, "str | None"], "list[StepPlan]"]
+
+
+class Waiter:
+    """Follows, read-only in the state store, the steps a `sinagot run --wait` asked a
+    running sinagotd for, until each has ended; then says how each ended.
+
+    Built from the daemon's reply (`queued_steps`, `busy_units`) and the rows the store held
+    just before the request was sent (`before`); fed the rows as they are now by `update`.
+
+    Which run is "ours" is told by the store's rows, not by clocks: a worker's clock may be
+    off from this machine's (a Dask worker on another host), and a comparison of its
+    `finished` with our time.time() could then wait for ever. A row changes in a known way:
+    submitting a run sets `submitted` and a new `generation` (the same one again only when a
+    run that never finished is submitted anew); recording its result sets `state`, `error`,
+    `finished` and clears `submitted`; a step that did not run (skipped after a failure in
+    its unit, or could not begin) only clears `submitted`. So:
+
+    - A queued step has **ended** once its row is not submitted and differs (generation,
+      finished or submitted) from `before`. It is **done** or **failed** if it has a new
+      `finished` (its `state` says which); otherwise it did not run: **skipped** if an
+      earlier step of the same run (same generation) ended without succeeding, else it
+      **could not run** (the daemon retries such a step later, on its own schedule: the
+      wait does not wait for that, here or for a busy unit).
+    - A **busy** unit (on the cluster when the request came) is replanned by the daemon
+      when its run lands, with the request's step and force. The rule here: wait until no
+      step of it is submitted under the generation that was in flight (it has landed);
+      then, without `force`, wait while planning it now (read-only, as the daemon plans it)
+      finds an asked step due or in flight; with `force`, take the steps a forced plan
+      would run as those the daemon reruns, and wait until each has a run submitted after
+      the landing (a generation other than the one in flight and the one before the
+      request) that has ended. Its asked steps are then counted as above against `before`
+      (against the row seen at landing for a forced rerun, when the landing was seen
+      before the rerun began): a step that did not run after the request (up to date, or
+      failed long ago) is not counted, as a batch run does not count what it did not plan.
+
+    A step the daemon drops from its queue without running (its queue replanned after a
+    change, the step no longer due) is waited for until the timeout: nothing in the store
+    tells it from a step still queued.
+    """
+
+    def __init__(
+        self,
+        reply: dict[str, Any],
+        before: dict[str, RunRow],
+        steps_of: Callable[[Unit], Sequence[str]],
+        *,
+        force: bool = False,
+        only: str | None = None,
+    ) -> None:
+        self.before = before
+        self.steps_of = steps_of
+        self.force, self.only = force, only
+        self.queued: dict[str, tuple[Unit, str]] = {}  # key -> (unit, step), still waiting
+        for item in _items(reply, "queued_steps"):
+            unit, step = Unit(*item[:3]), item[3]
+            self.queued[run_key(unit, step)] = (unit, step)
+        #: busy unit -> the generation in flight when the request came, still waiting
+        self.busy: dict[Unit, str] = {
+            Unit(*item[:3]): item[3] for item in _items(reply, "busy_units")
+        }
+        self.total = len(self.queued) + sum(len(self._asked(u)) for u in self.busy)
+        self.ended: dict[str, Ended] = {}
+        self._reruns: dict[Unit, set[str]] = {}  # forced busy units: steps rerun on landing
+        self._at_landing: dict[str, RunRow | None] = {}  # their rows, seen before the rerun
+
+    # -- what is left -----------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return not self.queued and not self.busy
+
+    @property
+    def waiting(self) -> int:
+        """How many steps are still waited for (a busy unit counts its asked steps)."""
+        return len(self.queued) + sum(len(self._asked(u)) for u in self.busy)
+
+    def records(self) -> set[str]:
+        """The records whose rows the next `update` needs."""
+        return {u.record_id for u, _ in self.queued.values()} | {u.record_id for u in self.busy}
+
+    # -- following -------------------------------------------------------------------------
+
+    def update(self, rows: dict[str, RunRow], plan: Plan) -> None:
+        """Take the rows as they are now (at least those of `records()`); `plan(units,
+        force, only)` plans units read-only, every step (for the busy units that landed)."""
+        for key, (unit, step) in list(self.queued.items()):
+            row = rows.get(key)
+            if _ended(self.before.get(key), row):
+                self.ended[key] = self._outcome(unit, step, rows)
+                del self.queued[key]
+        landed = [unit for unit, flying in self.busy.items() if self._landed(unit, flying, rows)]
+        if not landed:
+            return
+        plans: dict[Unit, list[StepPlan]] = {}
+        if not self.force or any(unit not in self._reruns for unit in landed):
+            for p in plan(landed, self.force, self.only):
+                plans.setdefault(p.unit, []).append(p)
+        for unit in landed:
+            if not self._waits(unit, rows, plans.get(unit, [])):
+                for step in self._asked(unit):
+                    key = run_key(unit, step)
+                    if _ended(self._reference(key), rows.get(key)):
+                        self.ended[key] = self._outcome(unit, step, rows)
+                del self.busy[unit]
+
+    def _asked(self, unit: Unit) -> list[str]:
+        names = self.steps_of(unit)
+        return [self.only] if self.only in names else [] if self.only else list(names)
+
+    def _landed(self, unit: Unit, flying: str, rows: dict[str, RunRow]) -> bool:
+        """No step of the unit is submitted under the generation that was in flight."""
+        for step in self.steps_of(unit):
+            row = rows.get(run_key(unit, step))
+            if row is not None and row.generation == flying and row.submitted is not None:
+                return False
+        return True
+
+    def _waits(self, unit: Unit, rows: dict[str, RunRow], plans: list[StepPlan]) -> bool:
+        """Whether a landed busy unit still has a step the daemon is to run for us."""
+        asked = self._asked(unit)
+        due = [
+            p.step.name
+            for p in plans
+            if p.step.name in asked and (p.run or p.status == StepStatus.PROCESSING)
+        ]
+        if self.force:
+            if unit not in self._reruns:  # first look since it landed: what gets rerun
+                rerun = self._reruns[unit] = set(due)
+                for step in rerun:
+                    key = run_key(unit, step)
+                    row = rows.get(key)
+                    if row is None or not self._rerun(unit, key, row):
+                        self._at_landing[key] = row
+            return any(
+                (row := rows.get(run_key(unit, step))) is None
+                or row.submitted is not None
+                or not self._rerun(unit, run_key(unit, step), row)
+                for step in self._reruns[unit]
+            )
+        for step in due:
+            key = run_key(unit, step)
+            if (
+                _ended(self.before.get(key), rows.get(key))
+                and self._outcome(unit, step, rows).outcome is Outcome.NOT_RUN
+            ):
+                continue  # the daemon retries it on its own schedule: not waited for
+            return True
+        return False
+
+    def _rerun(self, unit: Unit, key: str, row: RunRow) -> bool:
+        """Whether this row's generation was submitted after the busy unit landed."""
+        before = self.before.get(key)
+        return row.generation not in (self.busy.get(unit), before and before.generation)
+
+    def _reference(self, key: str) -> RunRow | None:
+        """What a row is compared with to tell a run of ours: the row before the request,
+        or, for a forced rerun of a busy unit, the row as it was when the unit landed."""
+        return self._at_landing[key] if key in self._at_landing else self.before.get(key)
+
+    def _outcome(self, unit: Unit, step: str, rows: dict[str, RunRow]) -> Ended:
+        key = run_key(unit, step)
+        row, reference = rows[key], self._reference(key)
+        if _finished(reference, row):
+            if row.state == "done":
+                return Ended(unit, step, Outcome.DONE, None)
+            return Ended(unit, step, Outcome.FAILED, row.error or "failed")
+        for earlier in self.steps_of(unit):
+            if earlier == step:
+                break
+            other = run_key(unit, earlier)
+            was = rows.get(other)
+            if (
+                was is not None
+                and was.generation == row.generation
+                and _ended(self._reference(other), was)
+                and not (_finished(self._reference(other), was) and was.state == "done")
+            ):
+                return Ended(unit, step, Outcome.SKIPPED, f"not run: earlier step {earlier} "
+                             "did not succeed")  # fmt: skip
+        return Ended(unit, step, Outcome.NOT_RUN, NOT_RUN_ERROR)
+
+
+def _ended(before: RunRow | None, row: RunRow | None) -> bool:
+    """A run of the step ended since `before`: not submitted now, and the row changed."""
+    if row is None or row.submitted is not None:
+        return False
+    if before is None:
+        return True  # a row made since (by submitting), and no longer submitted
+    return (row.generation, row.finished, row.submitted) != (
+        before.generation, before.finished, before.submitted,
+    )  # fmt: skip
+
+
+def _finished(before: RunRow | None, row: RunRow) -> bool:
+    """Its last run recorded a result (done or failed) since `before`."""
+    return row.finished is not None and row.finished != (before.finished if before else None)
+
+
+def _items(reply: dict[str, Any], name: str) -> list[list[Any]]:
+    """A reply's list of [record_id, task, modality, name]; RequestError if malformed."""
+    items = reply.get(name, [])
+    fine = isinstance(items, list) and all(
+        isinstance(item, list)
+        and len(item) == 4
+        and isinstance(item[0], str)
+        and all(v is None or isinstance(v, str) for v in item[1:3])
+        and isinstance(item[3], str)
+        for item in items
+    )
+    if not fine:
+        raise RequestError(f"the daemon's reply has a malformed {name!r}")
+    return items

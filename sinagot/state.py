@@ -172,6 +172,14 @@ class RunRecord(NamedTuple):
         return json.loads(self.input_hashes) if self.input_hashes else {}
 
 
+class LastRun(NamedTuple):
+    state: str | None  # 'done', 'failed', or None before the first finished run
+    error: str | None
+    started: float | None
+    finished: float | None
+    submitted: float | None
+
+
 _COLUMNS = "state, inputs, code_hash, error, finished, submitted, input_hashes, outputs"
 
 
@@ -276,6 +284,27 @@ class StateStore:
             for row in db.execute(query, (record_id,)):
                 out[row[0]] = RunRecord._make(row[1:])
         return out
+
+    @_guarded
+    def last_runs(self, record_id: str) -> dict[str, LastRun]:
+        """What a person asks of a record's steps (the status page's detail), by `run_key`."""
+        db = self._connect(write=False)
+        if db is None:
+            return {}
+        query = (
+            "SELECT key, state, error, started, finished, submitted FROM runs WHERE record_id = ?"
+        )
+        return {row[0]: LastRun._make(row[1:]) for row in db.execute(query, (record_id,))}
+
+    @_guarded
+    def failed_steps(self) -> list[tuple[str, str | None, str | None, str]]:
+        """(record_id, task, modality, step) whose last run failed: a later success of one
+        is a recovery worth telling (`sinagotd.alerts`)."""
+        db = self._connect(write=False)
+        if db is None:
+            return []
+        query = "SELECT record_id, task, modality, step FROM runs WHERE state = 'failed'"
+        return [(r, t or None, m or None, s) for r, t, m, s in db.execute(query)]
 
     # -- writing (the writer lock's holder only) ----------------------------------------------
 

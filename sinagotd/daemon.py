@@ -31,6 +31,8 @@ from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequ
 from sinagot.runner import Outcome, StepResult, one_line, refused_result
 from sinagot.state import StateError
 
+from .alerts import load_notify
+from .monitor import Monitor
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
 from .settle import Settler
@@ -112,6 +114,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.connection: Connection | None = None
         self.requests: RequestServer | None = None
+        self.monitor = Monitor(self.log, self._queues, self.clock)
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Daemon:
         started = self.clock()
         self.ws = Engine(self.options.workspace, verbose=False)
         self.settings = self._settings(self.ws)
+        notify = load_notify(self.ws.config)
         self.ws.check_folders()
         self.ws.lock.acquire("sinagotd")
         self.ws.store.prepare()
@@ -134,6 +138,12 @@ class Daemon:
             address = resolve_address(self.options.scheduler, self.ws.config.dask)
             first = one_line(exc)
             raise SinagotError(f"cannot reach the Dask scheduler {address}: {first}") from None
+        self.monitor.alert_with(notify, str(self.ws.config.files[0]), self.ws.store.failed_steps)
+        page = None
+        if self.settings.status_page and not self.options.once:
+            page = self.monitor.serve(
+                self.options.workspace, self.settings.status_host, self.settings.status_port
+            )
         self.log.info(
             "daemon.started",
             workspace=str(self.ws.config.files[0]),
@@ -142,6 +152,8 @@ class Daemon:
             dashboard=self.connection.dashboard,
             observer=self.settings.observer,
             settle_seconds=self.settings.settle_seconds,
+            status_page=page,
+            alerts=list(self.monitor.alerts.targets),
         )
         self._check_scripts(self.ws.broken_scripts())
         self.units_settle: Settler[Unit] = Settler(self.settings.settle_seconds)
@@ -155,6 +167,7 @@ class Daemon:
             "daemon.ready", units=units, stale_units=stale,
             duration_s=round(self.clock() - started, 3),
         )  # fmt: skip
+        self.monitor.start_board()
         try:
             self.requests = RequestServer(
                 self.ws.config.state_dir, self._on_request, self._on_refused
@@ -164,6 +177,10 @@ class Daemon:
         self.notifier.ready()
         self._next_rescan = self.clock() + self.settings.rescan_seconds
         self._next_ping = self.clock()
+
+    def _queues(self) -> tuple[int, int]:
+        """(queued, in flight) units, read by a `/metrics` scrape from the web thread."""
+        return len(self.waiting_plans), len(self.in_flight)
 
     def _settings(self, ws: Engine) -> DaemonSettings:
         return load_settings(
@@ -271,6 +288,7 @@ class Daemon:
             # One rescan per loop pass, and one event a second, however many errors come:
             # an overflowing queue must not turn into a storm of rescans.
             self._reconcile_due = True
+            self.monitor.watch_error()
             self._say("watch.error", self.log.warning, error=message.error)
 
     def _path_changed(self, path: str, now: float) -> None:
@@ -305,6 +323,7 @@ class Daemon:
             self.replan([Unit(r, t, m) for r in ids for t, m in keys])
         units = self.units_settle.due(now)
         if units:
+            self.monitor.settled(units, now)
             for unit in units:  # its files changed: a retry need not wait any more
                 self.backoff.pop(unit, None)
                 self.attempts.pop(unit, None)
@@ -326,6 +345,7 @@ class Daemon:
             self._next_rescan = now + self.settings.rescan_seconds
             self.reconcile()
         self._check_cluster(now)
+        self.monitor.tick(now, self.waiting_plans.keys, self.units_settle.keys)
         if self._is_idle() and not self._idle:
             self._idle = True
             self.log.info("daemon.idle")
@@ -358,6 +378,7 @@ class Daemon:
         self.dirty.update(u for u in units if u in self.in_flight)
         stale = self._queue(self.ws.plan(free, stale_only=True, problems=problems))
         self._path_problems(problems, everything=True)
+        self.monitor.changed_everything()
         self._fill()
         return len(units), stale
 
@@ -374,6 +395,7 @@ class Daemon:
             self.unreadable.update(found)
 
     def replan(self, units: Sequence[Unit], force: bool = False, only: str | None = None) -> None:
+        self.monitor.changed(units)
         busy = [u for u in units if u in self.in_flight]
         self.dirty.update(busy)
         free = [u for u in units if u not in self.in_flight]
@@ -445,6 +467,7 @@ class Daemon:
             self._cluster_lost(one_line(exc))
             return
         self._idle = False
+        self.monitor.submitted(batch, self.clock())
         for (unit, plans), one, (_, generation) in zip(
             batch.items(), submitted, chains, strict=True
         ):
@@ -481,6 +504,7 @@ class Daemon:
         if not recorded:  # announced already: not again when their receipts are ingested
             self.unrecorded.update(r.run_id for r in results if r.run_id)
         landed = {s.unit: self.in_flight[s.unit] for s, _ in current if s.ended}
+        self.monitor.changed(landed)
         for unit, flight in landed.items():
             self._landed(unit, flight, recorded)
         self._fill()
@@ -516,6 +540,7 @@ class Daemon:
             self._idle = False
 
     def _report(self, result: StepResult, **extra: object) -> None:
+        self.monitor.step_ended(result)
         where = {**_where(result.unit), "step": result.step}
         duration = round(result.duration, 3)
         if result.ok:
@@ -570,6 +595,7 @@ class Daemon:
             return
         error = f"{errors[job.spec.name]} (gave up after {attempts} attempts)"
         if self._record([refused_result(job, Outcome.FAILED, error)]):
+            self.monitor.gave_up(unit, job.spec.name, error)
             self.log.error("step.gave_up", **_where(unit), step=job.spec.name,
                            attempts=attempts, error=error)  # fmt: skip
 
@@ -579,6 +605,9 @@ class Daemon:
         """A scheduler that went away: the client gives up; make a new one, resubmit."""
         if self.connection is None:
             return
+        self.monitor.cluster(
+            self._reconnect_at is None and self.connection.client.status == "running"
+        )
         if self._reconnect_at is None:
             if (
                 self.connection.client.status == "running"
@@ -643,7 +672,10 @@ class Daemon:
 
     def _requested(self, request: RunRequest, peer: Peer) -> dict[str, object]:
         """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue;
-        the reply says what was queued, or why nothing was."""
+        the reply says what was queued, or why nothing was. Asked to (`sinagot run --wait`),
+        it also names them: `queued_steps` [[record_id, task, modality, step], ...], and
+        `busy_units` [[record_id, task, modality, generation in flight], ...], the units on
+        the cluster already, planned again as asked when they land."""
         try:
             scope = self.ws.layout.scope(request.task, request.modality)
             records = request.records
@@ -656,16 +688,24 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
         units = self.ws.units(scope, ids)
         busy = [u for u in units if u in self.in_flight]
+        generations = {u: self.in_flight[u].generation for u in busy}  # what --wait follows
         free = [u for u in units if u not in self.in_flight]
         plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
         self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
-                      force=request.force, step=request.step, **_who(peer))  # fmt: skip
+                      force=request.force, step=request.step, wait=request.wait,
+                      **_who(peer))  # fmt: skip
         self.dirty.update(busy)
         if request.force or request.step is not None:  # applied when each lands
             self.later.update(dict.fromkeys(busy, (request.force, request.step)))
         self._queue(plans, replanned=free)
         self._fill()
-        return {"ok": True, "units": len(units), "steps": len(plans), "busy": len(busy)}
+        reply: dict[str, object] = {
+            "ok": True, "units": len(units), "steps": len(plans), "busy": len(busy),
+        }  # fmt: skip
+        if request.wait:
+            reply["queued_steps"] = [[*p.unit, p.step.name] for p in plans]
+            reply["busy_units"] = [[*u, flying] for u, flying in generations.items()]
+        return reply
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -674,6 +714,7 @@ class Daemon:
         try:
             ws = Engine(self.options.workspace, verbose=False)
             settings = self._settings(ws)
+            notify = load_notify(ws.config)
         except ConfigError as exc:
             self.log.error("config.invalid", path=path, error=str(exc), trigger=why)
             return
@@ -689,6 +730,8 @@ class Daemon:
         ws.layout.remember_patterns()
         old.store.close()
         self.log.info("config.reloaded", path=path, error=None, trigger=why)
+        self.monitor.reloaded()
+        self.monitor.alert_with(notify, path, self.ws.store.failed_steps)
         if self.watcher is not None and _folders(old) != _folders(ws):
             self.watcher.stop()
             self.watcher = self._watcher()
@@ -718,6 +761,7 @@ class Daemon:
             if isinstance(message, StepEnded):
                 self._ended([message])
         left = len(self.in_flight)
+        self.monitor.close(alerts_timeout=max(min(deadline - self.clock(), 5.0), 1.0))
         with contextlib.suppress(Exception):
             self.executor.close()
         self.ws.close()

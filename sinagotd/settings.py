@@ -10,6 +10,7 @@ before a file is acted on, a week between rescans); beyond them the number is a 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class DaemonSettings:
     stop_grace_seconds: float = 30.0
     retry_seconds: float = 60.0  # first wait before retrying a step that could not run
     log_format: str | None = None  # "json" | "console"; None: json unless stdout is a tty
+    status_page: bool = True  # the status page and /metrics (sinagotd/web.py)
+    status_host: str = "127.0.0.1"  # only this machine, by default: see docs/operations.md
+    status_port: int = 8790
 
 
 #: seconds setting -> (lowest, whether the lowest itself is allowed, highest)
@@ -41,7 +45,7 @@ RANGES: dict[str, tuple[float, bool, float]] = {
     "stop_grace_seconds": (0.0, True, DAY),
     "retry_seconds": (0.0, False, DAY),
 }
-_FIELDS = (*RANGES, "observer")
+_FIELDS = (*RANGES, "observer", "status_page", "status_host", "status_port")
 
 
 def load_settings(config: Config, **flags: Any) -> DaemonSettings:
@@ -58,6 +62,12 @@ def load_settings(config: Config, **flags: Any) -> DaemonSettings:
         value, where = found
         if name == "observer":
             values[name] = _observer(value, where)
+        elif name == "status_page":
+            values[name] = _switch(value, where)
+        elif name == "status_host":
+            values[name] = _host(value, where)
+        elif name == "status_port":
+            values[name] = _port(value, where)
         else:
             values[name] = _seconds(name, value, where)
     return DaemonSettings(**values, log_format=flags.get("log_format"))
@@ -98,4 +108,36 @@ def _observer(value: Any, where: str) -> str:
         raise ConfigError(f"{where}: expected a string, found {value!r}")
     if value not in OBSERVERS:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(OBSERVERS)}")
+    return value
+
+
+def _switch(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _SWITCHES:
+        return _SWITCHES[value.lower()]
+    raise ConfigError(f"{where}: expected true or false, found {value!r}")
+
+
+_SWITCHES = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
+def _host(value: Any, where: str) -> str:
+    """An IP address to bind (a name would bind wherever it resolves to, maybe elsewhere)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected an IP address, found {value!r}")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: expected an IP address such as 127.0.0.1 or ::1, found {value!r}"
+        ) from None
+
+
+def _port(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{where}: expected a port number from 0 to 65535, found {value!r}")
     return value

@@ -29,5 +29,9 @@ class Settler(Generic[K]):
     def next_due(self) -> float | None:
         return min(self._last.values()) + self.seconds if self._last else None
 
+    def keys(self) -> frozenset[K]:
+        """What is waiting to settle."""
+        return frozenset(self._last)
+
     def __len__(self) -> int:
         return len(self._last)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from test_daemon import sinagotd, ws  # noqa: F401  (fixtures: a real daemon, for any test file)
+
+# Every sinagotd a test starts serves its status page on a free port: never on the default
+# one, which two daemons (or a developer's own) cannot share.
+os.environ["SINAGOTD_STATUS_PORT"] = "0"
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example"
 

@@ -509,3 +509,206 @@ def test_run_counts_a_step_skipped_after_a_failure_apart_from_the_failure(harbor
     assert lines[-1] == ("4 step(s) done, 1 failed, 1 skipped after a failure in their unit"), (
         "the skipped step is not counted as a failure"
     )
+
+
+# -- fitting the shell: completion, help, the grid, progress --------------------------------
+
+GLYPH = {"DONE": "✓", "ERROR": "✗", "PROCESSING": "●", "DATA_READY": "○", "STALE": "◐",
+         "INIT": "·", "DATA_NOT_AVAILABLE": "\u2013"}  # fmt: skip
+LEGEND = "  ".join(f"{glyph} {name}" for name, glyph in GLYPH.items())
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def colour_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NO_COLOR", "FORCE_COLOR", "SINAGOT_DASK_ADDRESS")}  # fmt: skip
+    return env | extra
+
+
+def in_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run with stdout and stderr on a real pseudo-terminal; what it wrote there."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(args, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks).decode()
+
+
+def grid(workspace: Path, *args: str, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [*sinagot_command(), "status", str(workspace), "--grid", *args],
+        capture_output=True, text=True, timeout=120, env=env or colour_env(),
+    )  # fmt: skip
+
+
+def test_completion_scripts_complete_commands_options_and_paths(harbor):
+    done = sinagot("completion", "bash")
+    assert done.returncode == 0, done.stderr
+    script = done.stdout
+    assert "_shtab_sinagot_subparsers=(init run status logs completion)" in script
+    for option in ("--grid", "--failed", "--wait", "--timeout", "--since", "--version"):
+        assert option in script
+    assert "_shtab_sinagot_status_pos_0_COMPGEN=_shtab_compgen_files" in script
+    assert "_shtab_sinagot_init_pos_0_COMPGEN=_shtab_compgen_dirs" in script
+
+    # As bash completes a line typed in the harbor folder.
+    bash = shutil.which("bash")
+    if bash is not None:
+        path = harbor.parent / "sinagot.bash"
+        path.write_text(script)
+        probe = (
+            f"source {path}\n"
+            'try() { COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMPREPLY=();\n'
+            '  _shtab_sinagot sinagot "${COMP_WORDS[-1]}" "${COMP_WORDS[-2]}";\n'
+            '  echo "${COMPREPLY[*]}"; }\n'
+            "try sinagot st\ntry sinagot run --wa\ntry sinagot status --gr\n"
+            "try sinagot status work\ntry sinagot completion ''\n"
+        )
+        out = subprocess.run([bash, "-c", probe], cwd=harbor, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert out.stdout.splitlines() == [
+            "status", "--wait", "--grid", "workspace.toml", "bash zsh tcsh",
+        ], out.stderr  # fmt: skip
+
+    for shell in ("zsh", "tcsh"):
+        done = sinagot("completion", shell)
+        assert done.returncode == 0, done.stderr
+        assert all(word in done.stdout for word in ("status", "grid", "wait", "timeout"))
+    assert sinagot("completion", "fish").returncode == 2
+
+
+def test_status_starts_without_rich_or_shtab(harbor):
+    probe = (
+        "import sys; from sinagot.cli import main\n"
+        f"code = main(['status', {str(harbor)!r}])\n"
+        "assert not {'rich', 'shtab'} & set(sys.modules), sorted(sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("command", ["init", "run", "status", "logs", "completion"])
+def test_every_command_has_examples_in_its_help(command):
+    done = sinagot(command, "--help")
+    assert done.returncode == 0
+    examples = done.stdout.split("\nexamples:\n", 1)[1].splitlines()
+    assert examples and all(line.startswith(f"  {'cd lab && ' if 'cd ' in line else ''}sinagot ")
+                            for line in examples)  # fmt: skip
+
+
+def test_grid_has_a_mark_per_step_a_legend_and_the_tables_summary(harbor):
+    fail_for(harbor / "scripts" / "count.py", "REC-20200602", "bad boat")
+    assert sinagot("run", harbor).returncode == 1
+    statuses = {(r["record_id"], r["step"]): r["status"] for r in status_json(harbor)}
+
+    done = grid(harbor)
+
+    assert done.returncode == 0, done.stderr
+    assert not ANSI.search(done.stdout), "no colour into a pipe"
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["RECORD", "c", "m"]
+    for rid, line in zip(HARBOR_IDS, lines[1:4], strict=True):
+        assert line.split() == [rid, GLYPH[statuses[rid, "count"]], GLYPH[statuses[rid, "mean"]]]
+    assert lines[2].split()[1] == "✗"
+    assert lines[4] == "steps: c count, m mean"
+    assert lines[5] == LEGEND
+    table = sinagot("status", harbor).stdout.splitlines()
+    assert lines[6:] == table[summary_line(table) :]
+
+    failed = grid(harbor, "--failed")
+    lines = failed.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1 : summary_line(lines) - 2]] == ["REC-20200602"]
+    assert lines[1].split() == ["REC-20200602", "✗", GLYPH[statuses["REC-20200602", "mean"]]]
+    table = sinagot("status", harbor, "--failed").stdout.splitlines()
+    assert lines[summary_line(lines) :] == table[summary_line(table) :]
+
+    one = grid(harbor, "--record", "REC-20200603").stdout.splitlines()
+    assert one[1].split() == ["REC-20200603", "✓", "✓"] and one[2].startswith("steps:")
+
+    raw = harbor / "dataset" / "raw" / "REC-20200601-raw.csv"
+    os.utime(raw, (time.time() + 10, time.time() + 10))
+    stale = grid(harbor, "--stale").stdout.splitlines()
+    assert [line.split() for line in stale[1:3]] == [
+        ["REC-20200601", "◐", "◐"],  # its raw file changed
+        ["REC-20200602", "✗", "○"],  # a record is shown with every step, if one matches
+    ]  # fmt: skip
+    assert stale[3].startswith("steps:")
+    assert stale[summary_line(stale)] == "3 step(s): 1 DATA_READY, 2 STALE"
+    table = sinagot("status", harbor, "--stale").stdout.splitlines()
+    assert stale[summary_line(stale) :] == table[summary_line(table) :]
+
+
+def test_grid_in_a_scoped_workspace_has_a_line_per_unit(eeg):
+    done = grid(eeg, "--task", "RS")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["RECORD", "TASK", "MODALITY", "p", "a", "s"]
+    assert lines[1].split() == ["REC-200331-A", "RS", "EEG", "○", "·"]
+    assert lines[2].split() == ["REC-200331-A", "RS", "clinical", "○"]
+    assert lines[2].index("○") == lines[0].index(" s") + 1, "summary's mark in its column"
+    assert len(lines) == 1 + 6 + 4
+    assert lines[7] == "steps: p preprocess, a alpha, s summary"
+    assert lines[summary_line(lines)] == "9 step(s): 6 DATA_READY, 3 INIT"
+
+    lines = grid(eeg).stdout.splitlines()  # preprocess, summary, scores: numbers, then
+    assert lines[0].split() == ["RECORD", "TASK", "MODALITY", "1", "2", "3", "4", "5"]
+    assert "steps: 1 preprocess, 2 alpha, 3 summary, 4 mismatch, 5 scores" in lines
+    assert lines[6].split() == ["REC-200331-A", "HDC", "behavior", "○"]
+    assert lines[6].index("○") == lines[0].index("5")
+
+
+def test_grid_colours_follow_the_terminal_no_color_and_force_color(harbor):
+    piped = grid(harbor, env=colour_env(FORCE_COLOR="1"))
+    assert ANSI.search(piped.stdout), "FORCE_COLOR colours even into a pipe"
+    assert ANSI.sub("", piped.stdout) == grid(harbor).stdout
+    assert not ANSI.search(grid(harbor, env=colour_env(NO_COLOR="1", FORCE_COLOR="1")).stdout)
+
+    command = [*sinagot_command(), "status", str(harbor), "--grid"]
+    shown = in_terminal(command, colour_env(TERM="xterm"))
+    assert ANSI.search(shown), "colours on a terminal"
+    plain = in_terminal(command, colour_env(TERM="xterm", NO_COLOR="1"))
+    assert not ANSI.search(plain), "NO_COLOR: none, even on a terminal"
+    assert "○ DATA_READY" in plain
+
+
+def test_grid_and_json_together_are_a_usage_error(harbor):
+    done = sinagot("status", harbor, "--grid", "--json")
+    assert done.returncode == 2
+    assert "not allowed with" in done.stderr
+    assert done.stdout == ""
+
+
+def test_grid_into_a_closed_pipe_exits_141_quietly(harbor):
+    done = subprocess.run(
+        f"{' '.join(sinagot_command())} status {harbor} --grid | head -1; "
+        "echo ${PIPESTATUS[0]}",
+        shell=True, executable=shutil.which("bash") or "/bin/bash", capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["RECORD", "c", "m"]
+    assert lines[-1] in ("0", "141"), lines  # 0: it wrote everything before head left
+    assert "Traceback" not in done.stderr
+
+
+def test_run_draws_progress_on_a_terminal_only(harbor):
+    shown = in_terminal([*sinagot_command(), "run", str(harbor)], colour_env(TERM="xterm"))
+    assert "6/6" in ANSI.sub("", shown)
+    assert "6 step(s) done, 0 failed" in shown
+    piped = sinagot("run", harbor, "--force")
+    assert piped.stdout == "6 step(s) done, 0 failed\n"
+    assert piped.stderr == ""

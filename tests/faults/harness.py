@@ -171,6 +171,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SINAGOT_DASK_ADDRESS")
         and not key.startswith(("SINAGOTD_", "DASK_"))
     }
+    env["SINAGOTD_STATUS_PORT"] = "0"  # each daemon's status page on a free port of its own
     env.update(extra)
     return env
 

@@ -1,0 +1,202 @@
+"""The status page's board, kept up to date beside the daemon's loop.
+
+The loop only says what changed (`touch`, `refresh_all`, `set_overlay`, `finished`); a
+thread of its own plans those units with its own read-only `Engine` (its own state-store
+connection: SQLite connections stay in the thread that made them) and updates the `Board`
+the web server reads. The loop never waits for the page, and a page never slows the loop by
+more than the planning it asks for: a full plan at start and after each reconcile, then only
+the units that changed, at most every `INTERVAL` seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from sinagot.board import Board, Overlay, rows_from_plans
+from sinagot.engine import Engine
+from sinagot.layout import Scope, Unit
+from sinagot.pageview import board_for, record_detail
+from sinagot.runner import one_line
+
+INTERVAL = 0.25  # seconds between two updates of the board
+#: A full plan (after each reconcile) waits at least this many times the last one took, and
+#: `FULL_MIN` seconds: a storm of reconciles (watcher overflows) is not a storm of full plans.
+FULL_SPACING, FULL_MIN = 3.0, 5.0
+WINDOW = 300.0  # seconds of finished steps the throughput is measured over
+
+
+class StatusKeeper:
+    def __init__(
+        self,
+        workspace: str | list[str],
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.workspace = workspace
+        self.log = log
+        self.clock = clock
+        self.board: Board | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._full = True
+        self._reload = False
+        self._pending: set[Unit] = set()
+        self._overlay = Overlay()
+        self._finished: collections.deque[float] = collections.deque()
+        self._started = clock()
+        self._details: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
+        self._engine: Engine | None = None
+        self._next_full = 0.0
+        self._thread = threading.Thread(target=self._run, name="sinagotd-status", daemon=True)
+
+    # -- from the loop (cheap, never blocking) ---------------------------------------------
+
+    def start(self) -> StatusKeeper:
+        self._thread.start()
+        return self
+
+    @property
+    def started(self) -> bool:
+        return self._thread.is_alive()
+
+    def touch(self, units: Iterable[Unit]) -> None:
+        with self._lock:
+            self._pending.update(units)
+        self._wake.set()
+
+    def refresh_all(self) -> None:
+        self._full = True
+        self._wake.set()
+
+    def reload(self) -> None:
+        """The configuration changed: a new engine, then a full plan, at once."""
+        self._reload = self._full = True
+        self._next_full = 0.0
+        self._wake.set()
+
+    def set_overlay(self, overlay: Overlay) -> None:
+        with self._lock:
+            old, self._overlay = self._overlay, overlay
+            changed = (old.queued ^ overlay.queued) | (old.arriving ^ overlay.arriving)
+            self._pending.update(changed)
+        if changed:
+            self._wake.set()
+
+    def finished(self, steps: int = 1) -> None:
+        now = self.clock()
+        self._finished.extend([now] * steps)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5.0)
+
+    # -- from the web server ---------------------------------------------------------------
+
+    def detail(self, record_id: str) -> Future:
+        """A record's detail, computed by the keeper's thread (its engine lives there):
+        resolves to None when the board has no such record."""
+        future: Future = Future()
+        self._details.put((record_id, future))
+        self._wake.set()
+        return future
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_update = 0.0
+        while not self._stop:
+            if self._pending:
+                due: float | None = next_update
+            elif self._full:
+                due = max(next_update, self._next_full)
+            else:
+                due = None
+            self._wake.wait(timeout=1.0 if due is None else max(due - self.clock(), 0.0))
+            self._wake.clear()
+            try:
+                self._serve_details()
+                now = self.clock()
+                full = self._full and (self.board is None or now >= self._next_full)
+                if now >= next_update and (full or self._pending):
+                    self._update(full)
+                    next_update = self.clock() + INTERVAL  # a burst of changes: one update
+                if self.board is not None:
+                    self.board.throughput = self._throughput()
+            except Exception as exc:  # the page shows older data; the daemon goes on
+                self.log.exception("status.error", error=one_line(exc))
+                self._full = True
+                next_update = self.clock() + 5.0
+        if self._engine is not None:
+            self._engine.close()
+        self._fail_details("the daemon is stopping")
+
+    def _update(self, full: bool) -> None:
+        """A full plan (`full`), else the units touched since the last update."""
+        if self._reload or self._engine is None:
+            self._reload = False
+            if self._engine is not None:
+                self._engine.close()
+            self._engine = Engine(self.workspace, verbose=False)
+            full = True
+        engine = self._engine
+        with self._lock:
+            overlay = self._overlay
+            pending, self._pending = self._pending, set()
+        if full or self.board is None:
+            self._full = False
+            started = self.clock()
+            board = board_for(engine)
+            board.replace_all(rows_from_plans(engine.plan(engine.units(Scope())), overlay))
+            self.board = board
+            cost = self.clock() - started
+            self._next_full = self.clock() + max(FULL_MIN, FULL_SPACING * cost)
+        elif pending:
+            known = set(self.board.units())
+            discovered = engine.units(Scope(), sorted({u.record_id for u in pending}))
+            units = [u for u in discovered if u in known or u in pending]
+            ids = {u.record_id for u in units}
+            gone = [u for u in pending if u.record_id not in ids]
+            self.board.update(rows_from_plans(engine.plan(units), overlay), gone=gone)
+
+    def _throughput(self) -> dict[str, object]:
+        now = self.clock()
+        while self._finished and self._finished[0] < now - WINDOW:
+            self._finished.popleft()
+        span = max(min(WINDOW, now - self._started), 1.0)
+        return {"steps_per_minute": round(len(self._finished) / span * 60.0, 1), "window_s": WINDOW}
+
+    def _serve_details(self) -> None:
+        while True:
+            try:
+                record_id, future = self._details.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                units = self.board.units_of(record_id) if self.board is not None else []
+                if not units or self._engine is None:
+                    future.set_result(None)
+                else:
+                    with self._lock:
+                        overlay = self._overlay
+                    future.set_result(record_detail(self._engine, units, overlay))
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def _fail_details(self, why: str) -> None:
+        while True:
+            try:
+                _, future = self._details.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError(why))
