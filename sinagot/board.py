@@ -89,14 +89,8 @@ def rows_from_plans(plans: Iterable[StepPlan], overlay: Overlay = NO_OVERLAY) ->
     rows = []
     for unit, unit_plans in by_unit.items():
         queued, arriving = unit in overlay.queued, unit in overlay.arriving
-        rows.append(
-            Row(
-                unit,
-                tuple(p.step.name for p in unit_plans),
-                tuple(cell_status(p, queued, arriving) for p in unit_plans),
-                arriving,
-            )
-        )
+        cells = tuple(cell_status(p, queued, arriving) for p in unit_plans)
+        rows.append(Row(unit, tuple(p.step.name for p in unit_plans), cells, "ARRIVING" in cells))
     return rows
 
 
@@ -253,19 +247,22 @@ class Board:
 
     def counts(self) -> dict[str, object]:
         with self._lock:
-            cells = +self._cells  # drop the zeros
-            return {
-                "records": len(self._by_record),
-                "units": len(self._rows),
-                "steps": sum(cells.values()),
-                "done": cells["DONE"],
-                "stale": cells["STALE"] + cells["DATA_READY"],
-                "queued": cells["QUEUED"],
-                "in_flight": cells["PROCESSING"],
-                "failed": cells["ERROR"],
-                "arriving": cells["ARRIVING"],
-                "by_status": {name: cells[name] for name in CELL_STATUSES if cells[name]},
-            }
+            return self._counts()
+
+    def _counts(self) -> dict[str, object]:
+        cells = +self._cells  # drop the zeros
+        return {
+            "records": len(self._by_record),
+            "units": len(self._rows),
+            "steps": sum(cells.values()),
+            "done": cells["DONE"],
+            "stale": cells["STALE"] + cells["DATA_READY"],
+            "queued": cells["QUEUED"],
+            "in_flight": cells["PROCESSING"],
+            "failed": cells["ERROR"],
+            "arriving": cells["ARRIVING"],
+            "by_status": {name: cells[name] for name in CELL_STATUSES if cells[name]},
+        }
 
     def _candidates(self, statuses: frozenset[str], newest: bool) -> list[Unit]:
         """The units with a cell in one of these statuses, in order: the few ones sorted,
@@ -306,7 +303,7 @@ class Board:
                 units = units[start:end]
             page = [self._rows[unit] for unit in units]
             generation, generated = self.generation, self.generated
-        counts = self.counts()
+            counts = self._counts()
         backlog = sum(counts["by_status"].get(name, 0) for name in _BACKLOG)  # type: ignore[union-attr]
         return {
             "api": API_VERSION,

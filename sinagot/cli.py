@@ -24,11 +24,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from . import __version__, scaffold
-from .board import natural_key
+from .board import cell_status, natural_key
 from .engine import Engine
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope, Unit
@@ -494,16 +495,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         shown = [p for p in plans if p.run] if whole and args.stale else plans
         if args.failed:
             shown = [p for p in shown if p.status == StepStatus.ERROR]
+        arriving = ws.arriving()  # what a running sinagotd sees arriving
         if args.json:
-            json.dump([_as_json(p) for p in shown], sys.stdout, indent=1)
+            json.dump([_as_json(p, arriving) for p in shown], sys.stdout, indent=1)
             sys.stdout.write("\n")
         elif args.grid:
-            _print_grid(plans, shown, ws)
+            _print_grid(plans, shown, ws, arriving)
         elif args.html is not None:
             _write_html(ws, plans, shown, args.html)
         else:
-            _print_table(shown, ws)
-    return _check(shown) if args.check else EX_OK
+            _print_table(shown, ws, arriving)
+    return _check(shown, arriving) if args.check else EX_OK
 
 
 def _write_html(ws: Engine, plans: list[StepPlan], shown: list[StepPlan], path: Path) -> None:
@@ -521,15 +523,60 @@ def _write_html(ws: Engine, plans: list[StepPlan], shown: list[StepPlan], path: 
 _WAITING = (StepStatus.DATA_READY, StepStatus.STALE, StepStatus.PROCESSING)
 
 
-def _check(plans: Sequence[StepPlan]) -> int:
+def _check(plans: Sequence[StepPlan], arriving: Arriving | None = None) -> int:
+    """Arriving files are work on its way in: 3, as steps due are."""
     statuses = {StepStatus(p.status) for p in plans}
     if StepStatus.ERROR in statuses:
         return EX_FAILED
-    return EX_WAITING if statuses & set(_WAITING) else EX_OK
+    if statuses & set(_WAITING) or any(_is_arriving(p, arriving) for p in plans):
+        return EX_WAITING
+    return EX_OK
 
 
-def _as_json(plan: StepPlan) -> dict[str, object]:
-    return {
+#: record_id -> what sinagotd says of its arrival (`Engine.arriving`).
+Arriving = dict[str, dict[str, object]]
+_NAMED = 5  # arriving records named under the table, at most
+
+
+def _is_arriving(plan: StepPlan, arriving: Arriving | None) -> bool:
+    """A step of a record whose files sinagotd sees still arriving, which those files may
+    change (as on the status page: a DONE, PROCESSING or ERROR step stays what it is)."""
+    return (
+        arriving is not None
+        and plan.unit.record_id in arriving
+        and cell_status(plan, False, True) == "ARRIVING"
+    )
+
+
+def _status_name(plan: StepPlan, arriving: Arriving | None) -> str:
+    return "ARRIVING" if _is_arriving(plan, arriving) else StepStatus(plan.status).name
+
+
+def _why(plan: StepPlan, arriving: Arriving | None) -> list[str]:
+    if arriving is not None and _is_arriving(plan, arriving):
+        return [_arrival(arriving[plan.unit.record_id]), *plan.reasons]
+    return list(plan.reasons)
+
+
+def _arrival(info: dict[str, object]) -> str:
+    """'files arriving: ...', from what sinagotd wrote (checked: it is only a file)."""
+    files = info.get("files")
+    writing = info.get("writing")
+    what = f"{files} file(s)" if isinstance(files, int) else "files"
+    if isinstance(writing, int) and writing > 0:
+        return f"files arriving: {what}, {writing} still open for writing"
+    ready = info.get("ready_at")
+    try:
+        when = datetime.fromisoformat(str(ready).replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return f"files arriving: {what}, settling"
+    return f"files arriving: {what}, settled about {when:%H:%M:%S} if nothing changes"
+
+
+def _as_json(plan: StepPlan, arriving: Arriving | None = None) -> dict[str, object]:
+    """`arriving` only on a step whose record's files sinagotd sees arriving: what it
+    says of them (files, writing, since, ready_at)."""
+    out: dict[str, object] = {
         "record_id": plan.unit.record_id,
         "task": plan.unit.task,
         "modality": plan.unit.modality,
@@ -537,9 +584,12 @@ def _as_json(plan: StepPlan) -> dict[str, object]:
         "status": StepStatus(plan.status).name,
         "reasons": list(plan.reasons),
     }
+    if arriving is not None and _is_arriving(plan, arriving):
+        out["arriving"] = arriving[plan.unit.record_id]
+    return out
 
 
-def _print_table(plans: list[StepPlan], ws: Engine) -> None:
+def _print_table(plans: list[StepPlan], ws: Engine, arriving: Arriving | None = None) -> None:
     # Plain text, not rich: the table is what scripts read and pipe (awk, grep, head),
     # it must start fast (importing rich costs ~70 ms, a third of `sinagot status`), and
     # rich would wrap or cut long WHY cells to the terminal's width, where a pipe wants
@@ -551,8 +601,8 @@ def _print_table(plans: list[StepPlan], ws: Engine) -> None:
             p.unit.record_id,
             *([p.unit.task or "", p.unit.modality or ""] if scoped else []),
             p.step.name,
-            StepStatus(p.status).name,
-            "; ".join(p.reasons),
+            _status_name(p, arriving),
+            "; ".join(_why(p, arriving)),
         ]
         for p in plans
     ]
@@ -561,15 +611,17 @@ def _print_table(plans: list[StepPlan], ws: Engine) -> None:
     for row in [header, *rows]:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
-    _print_counts(plans, ws)
+    _print_counts(plans, ws, arriving)
 
 
-def _print_counts(plans: Sequence[StepPlan], ws: Engine) -> None:
-    """The summary under the table and the grid: the steps by status, and who runs them."""
+def _print_counts(plans: Sequence[StepPlan], ws: Engine, arriving: Arriving | None = None) -> None:
+    """The summary under the table and the grid: the steps by status, and who runs them;
+    the records sinagotd sees arriving, named."""
     out = sys.stdout
     counts: dict[str, int] = {}
     for p in plans:
-        counts[StepStatus(p.status).name] = counts.get(StepStatus(p.status).name, 0) + 1
+        name = _status_name(p, arriving)
+        counts[name] = counts.get(name, 0) + 1
     summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
     out.write(f"{len(plans)} step(s){': ' + summary if summary else ''}\n")
     due = sum(counts.get(name, 0) for name in ("DATA_READY", "STALE"))
@@ -578,6 +630,11 @@ def _print_counts(plans: Sequence[StepPlan], ws: Engine) -> None:
         out.write(f"{holder} is running: {in_flight} in flight, {due} queued\n")
     elif due:
         out.write(f"no daemon is running: {due} step(s) wait for `sinagot run` or sinagotd\n")
+    if names := list(dict.fromkeys(p.unit.record_id for p in plans if _is_arriving(p, arriving))):
+        listed = ", ".join(names[:_NAMED]) + (f" and {len(names) - _NAMED} more" if
+                                               len(names) > _NAMED else "")  # fmt: skip
+        out.write(f"{len(names)} record(s) arriving (acted on once their files settle): "
+                  f"{listed}\n")  # fmt: skip
 
 
 #: `status --grid`: a mark and a colour per status, in the legend's order; ASCII stand-ins
@@ -593,7 +650,9 @@ GLYPHS = {
 }
 
 
-def _print_grid(plans: list[StepPlan], shown: list[StepPlan], ws: Engine) -> None:
+def _print_grid(
+    plans: list[StepPlan], shown: list[StepPlan], ws: Engine, arriving: Arriving | None = None
+) -> None:
     """One line per record (per unit with tasks or modalities), one mark per step in step
     order under a header of step labels; then the labels' key, the legend, and the summary
     of the table (of `shown`, the steps that match the filters: a line is drawn for every
@@ -645,7 +704,7 @@ def _print_grid(plans: list[StepPlan], shown: list[StepPlan], ws: Engine) -> Non
         out.write("steps: " + ", ".join(f"{label} {name}" for label, name
                                         in zip(labels, columns, strict=True)) + "\n")  # fmt: skip
     out.write("  ".join(f"{marks[status]} {status.name}" for status in GLYPHS) + "\n")
-    _print_counts(shown, ws)
+    _print_counts(shown, ws, arriving)
 
 
 def _encodable(stream: object, text: str) -> bool:

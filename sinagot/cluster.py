@@ -24,13 +24,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import DaskSettings
+from .config import ENV_ADDRESS, DaskSettings
 from .errors import ConfigError, SinagotError
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster, Security
 
-ENV_ADDRESS = "SINAGOT_DASK_ADDRESS"
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 5.0  # seconds: a scheduler that does not answer by then is reported as such
 _WILDCARDS = ("", "0.0.0.0", "::")

@@ -12,7 +12,9 @@ the `Config` dataclass.
 - `[run.time_limits]`: step name -> seconds, overriding `time_limit` for the steps of that
   name (in scoped mode, in every modality that has one); a name that is no step is refused;
 - `max_attempts`: how many times a step whose worker dies or whose outputs cannot be written
-  is tried before it is ERROR (default 3); an integer from 1 to `MAX_ATTEMPTS`.
+  is tried before it is ERROR (default 3); an integer from 1 to `MAX_ATTEMPTS`;
+- `durable`: true or false (default): sync each output to disk before its rename into
+  place, and its folder after, so that a power cut cannot leave a renamed but empty output.
 
 Paths (`[path] dataset`, `scripts`, `[state] path`) must be non-empty and free of control
 characters (a NUL byte cannot reach the OS). `[dask]` sizes have upper bounds
@@ -38,7 +40,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from .errors import ConfigError
-from .patterns import check_linear, embeddable
+from .patterns import PathPattern, check_linear, embeddable
 
 DEFAULT_FILE = "workspace.toml"
 RUN_MODES = ("main_process", "dask")
@@ -75,6 +77,9 @@ MAX_ATTEMPTS = 100
 MAX_WORKERS = 256
 MAX_THREADS = 256
 MAX_IN_FLIGHT = 1_000_000
+
+#: The scheduler a `sinagot run` or a sinagotd uses, when set (before `[dask] address`).
+ENV_ADDRESS = "SINAGOT_DASK_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -151,10 +156,14 @@ class Config:
     time_limit: float | None = None
     time_limits: Mapping[str, float] = field(default_factory=dict)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: `[run] durable`: outputs are synced to disk before and after their rename into place.
+    durable: bool = False
     log: LogSettings = LogSettings()
     processed: Mapping[str, ProcessedData] = field(default_factory=dict)
     #: The merged TOML as read, for `Workspace.config` (0.3 returned the dict itself).
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: `[records] ready_when`: a record's steps wait until this marker exists (None: no rule).
+    ready_when: PathPattern | None = None
 
     def time_limit_for(self, step_name: str) -> float | None:
         """Seconds the step of this name may run: its own limit, else the workspace's."""
@@ -356,7 +365,8 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
             raise r.error((name,), f"unknown table (did you mean [{hint[0]}]?)")
 
     # file_match: read by sinagot before 0.3, ignored since (0.3.0 ignored it too).
-    r.check_keys(("records",), ("id_pattern", "file_match"))
+    r.check_keys(("records",), ("id_pattern", "file_match", "ready_when"))
+    ready_when = _ready_when(r)
     pattern = r.get(("records", "id_pattern"), str, DEFAULT_ID_PATTERN)
     try:
         id_regex = re.compile(pattern)
@@ -383,12 +393,13 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
     if not scripts_found:
         raise r.error(("path", "scripts"), f"scripts folder {scripts} does not exist")
 
-    r.check_keys(("run",), ("mode", "time_limit", "time_limits", "max_attempts"))
+    r.check_keys(("run",), ("mode", "time_limit", "time_limits", "max_attempts", "durable"))
     run_mode = r.get(("run", "mode"), str, "main_process")
     if run_mode not in RUN_MODES:
         raise r.error(("run", "mode"), f"{run_mode!r} is not one of {', '.join(RUN_MODES)}")
     time_limit = _seconds(r, ("run", "time_limit"))
     max_attempts = _count(r, ("run", "max_attempts"), DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS)
+    durable = r.get(("run", "durable"), bool, False)
 
     dask = _dask(r)
 
@@ -420,10 +431,34 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         time_limit=time_limit,
         time_limits=_time_limits(r, _step_names(steps, modalities)),
         max_attempts=max_attempts,
+        durable=durable,
         log=_log(r),
         processed=_processed(r, tasks, modalities),
         raw=_frozen(r.data),
+        ready_when=ready_when,
     )
+
+
+def _ready_when(r: _Reader) -> PathPattern | None:
+    """`[records] ready_when`: the marker file that says a record's copy is complete
+    (`"{id}/.done"`), relative to the dataset. `{id}` only: a record is ready as a whole,
+    whatever its tasks."""
+    key = ("records", "ready_when")
+    value = _text(r, key)
+    if value is None:
+        return None
+    try:
+        pattern = PathPattern.parse(value)
+    except ValueError as exc:
+        raise r.error(key, str(exc)) from None
+    if pattern.fields != {"id"}:
+        why = (
+            "{task} cannot be used: a record is ready as a whole"
+            if "task" in pattern.fields
+            else "the marker must hold {id}, the record it says is ready"
+        )
+        raise r.error(key, f'{value!r}: {why} (as in "{{id}}/.done")')
+    return pattern
 
 
 def _path(r: _Reader, root: Path, key: tuple[str, ...], default: str) -> Path:

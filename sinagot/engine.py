@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import json
 import os
-import uuid
+import secrets
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .cluster import ENV_ADDRESS, resolve_address
-from .config import Config, load_config
+from .config import ENV_ADDRESS, Config, load_config
 from .errors import SinagotError
 from .execute import DaskExecutor, Executor, LocalExecutor
 from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
 from .layout import Layout, Scope, Unit
-from .patterns import PathProblem, check_record_id
+from .patterns import Matcher, PathProblem, PathUnreadable, check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
 from .recordlog import LOG_FOLDER, PathRefused, inside_dataset, open_regular
 from .runner import StepJob, StepResult, one_line, read_receipt, receipt_name
@@ -31,6 +32,11 @@ OnInvalid = Callable[[str, str], None]
 
 #: Planning more units than this lists folders once instead of stat-ing each path.
 _LISTING_THRESHOLD = 64
+
+#: In the state folder: the records a running sinagotd sees arriving (files still being
+#: written or settling), for `sinagot status` in another process (`Engine.arriving`).
+ARRIVING_FILE = "arriving.json"
+_ARRIVING_MAX = 64 << 20  # bytes: the daemon caps what it writes far below this
 
 
 class Engine:
@@ -145,7 +151,9 @@ class Engine:
         done: dict[int, list[StepPlan]] = {}
         pending = list(enumerate(units))
         if listing is not None and not force and not receipts:
-            signatures = self.store.read_settled(with_code=code_hashes is not None)
+            signatures = self.store.read_settled(
+                with_code=code_hashes is not None, with_outputs=True
+            )
             settled = SettledCheck(signatures, listing, code_hashes)
             pending = []
             for position, unit in enumerate(units):
@@ -161,6 +169,7 @@ class Engine:
             runs = self.store.read_record({unit.record_id for _, unit in pending})
             lookup = DirectStat(dataset)
         runs.update(receipts)
+        not_ready = self._not_ready({unit.record_id for _, unit in pending}, lookup)
         ctx = PlanContext(
             lookup=lookup,
             runs=runs,
@@ -174,11 +183,72 @@ class Engine:
             force=force,
             only=only,
             ignore_missing=ignore_missing,
+            not_ready=not_ready,
         )
         for position, unit in pending:
             plans = plan_unit(unit, steps_of(unit.task, unit.modality), ctx)
             done[position] = [p for p in plans if p.run] if stale_only else plans
         return [plan for position in sorted(done) for plan in done[position]]
+
+    # -- readiness: `[records] ready_when` -----------------------------------------------------
+
+    def waits_for(self, record_id: str, lookup: Lookup | None = None) -> str | None:
+        """Why this record's steps wait for its copy to be declared complete (its
+        `[records] ready_when` marker is missing), or None: no rule, or the marker is there.
+
+        Applied by planning, so `sinagot run`, `sinagot status`, the API and the daemon all
+        hold the record alike, even with `--force`: creating the marker releases it."""
+        pattern = self.config.ready_when
+        if pattern is None:
+            return None
+        marker = pattern.relative(record_id, None)
+        try:
+            found = (lookup or DirectStat(str(self.config.dataset)))(marker)
+        except PathUnreadable as exc:
+            return f"waiting for marker {marker}, which cannot be read: {exc.error}"
+        return None if found is not None else f"waiting for marker {marker}"
+
+    def _not_ready(self, record_ids: Iterable[str], lookup: Lookup) -> dict[str, str] | None:
+        if self.config.ready_when is None:
+            return None
+        waits = {rid: self.waits_for(rid, lookup) for rid in record_ids}
+        return {rid: why for rid, why in waits.items() if why is not None}
+
+    def marker_record(self, relative: str) -> str | None:
+        """The record whose `ready_when` marker this dataset-relative path is, if it is one:
+        the daemon re-plans that record when its marker lands (or goes)."""
+        matcher = self._marker_matcher
+        found = matcher.match(relative) if matcher is not None else None
+        return found.record_id if found is not None else None
+
+    @functools.cached_property
+    def _marker_matcher(self) -> Matcher | None:
+        pattern = self.config.ready_when
+        return pattern.compile(self.config.id_regex) if pattern is not None else None
+
+    def arriving(self) -> dict[str, dict[str, object]]:
+        """What a running sinagotd says is still arriving: record_id -> {files, writing
+        (files still open for writing), since, ready_at (ISO 8601, UTC)}. Empty without a
+        live sinagotd, or when its file cannot be read: believed only from the process that
+        holds the writer lock now (a file left by a daemon that died says nothing)."""
+        holder = self.lock.holder() or ""
+        name, _, pid = holder.partition(" pid ")
+        if name != "sinagotd" or not pid.isdigit():
+            return {}
+        try:
+            fd = open_regular(str(self.config.state_dir / ARRIVING_FILE), os.O_RDONLY, "file")
+        except (OSError, PathRefused):  # none (nothing arrives), a link: nothing to show
+            return {}
+        try:
+            data = json.loads(os.read(fd, _ARRIVING_MAX))
+        except (OSError, ValueError):
+            return {}
+        finally:
+            os.close(fd)
+        records = data.get("records") if isinstance(data, dict) else None
+        if not isinstance(records, dict) or data.get("pid") != int(pid):
+            return {}
+        return {rid: info for rid, info in records.items() if isinstance(info, dict)}
 
     def _scripts_now(self) -> dict[str, tuple[str | None, str | None]]:
         """Each step script as it is now: script path -> (code hash, why it cannot be
@@ -245,6 +315,7 @@ class Engine:
             echo=self.verbose and local,
             time_limit=self.config.time_limit_for(plan.step.name),
             attempts=self.config.max_attempts,
+            durable=self.config.durable,
             controls=control.relative(unit.record_id, unit.task) if control is not None else (),
             ignore_missing=plan.ignore_missing,
             debug=debug,
@@ -384,14 +455,17 @@ class Engine:
         """A new name for this run of a unit's chain, or the name of a run of it that was
         submitted and never finished (its copy may still run on a worker)."""
         pending = self.store.pending_generation(unit, [job.spec.name for job in chain])
-        return pending or uuid.uuid4().hex[:8]
+        return pending or secrets.token_hex(4)
 
     @property
     def executor(self) -> Executor:
         """Where steps run: this process, or Dask (`[run] mode = "dask"` or a scheduler)."""
         if self._executor is None:
             if self.config.run_mode == "dask" or self._scheduler:
-                from .cluster import connect
+                from .cluster import (
+                    connect,
+                    resolve_address,  # Dask's client: only to run on it
+                )
 
                 address = resolve_address(self._scheduler, self.config.dask)
                 self._executor = DaskExecutor(

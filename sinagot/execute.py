@@ -232,6 +232,24 @@ class DaskExecutor:
                 submitted.append(one)
         return submitted
 
+    def withdraw(self, chains: Sequence[Submitted]) -> list[Submitted]:
+        """Cancel the tasks of these chains that no worker has begun (a stop: only what
+        runs gets the grace period); the chains withdrawn. A task that begins between the
+        look and the cancel runs on, unheard: its steps' receipts record it next time."""
+        client = self.connection.client
+        begun: set[str] = set()
+        for keys in client.run(_executing, on_error="return").values():
+            if isinstance(keys, list):
+                begun.update(keys)
+        waiting = [s for s in chains if not s.ended and s.future.key not in begun]
+        if waiting:
+            client.cancel([s.future for s in waiting])
+        for submitted in waiting:
+            submitted.ended = True
+            for job in submitted.jobs:
+                self._running.pop(job.run_id, None)
+        return waiting
+
     def _published(self, event: tuple[float, str]) -> None:
         result = StepResult.from_json(event[1])
         submitted = self._running.get(result.run_id)
@@ -302,6 +320,15 @@ class DaskExecutor:
             running.difference_update(s for s, _ in batch if s.ended)
             fill()
         return results
+
+
+def _executing(dask_worker: Worker) -> list[str]:
+    """On a worker: the keys of the tasks it is running now."""
+    return [
+        str(key)
+        for key, task in dask_worker.state.tasks.items()
+        if task.state in ("executing", "long-running")
+    ]
 
 
 def _job(submitted: Submitted, step: str) -> StepJob:

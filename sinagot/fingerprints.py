@@ -224,20 +224,7 @@ class DirectoryListing:
     def __init__(self, root: str) -> None:
         self.root = root
         self._folders: dict[str, dict[str, Fingerprint]] = {}
-        self._names: dict[str, set[str]] = {}
         self._odd: dict[str, str] = {}  # dataset-relative path -> why it is not data
-
-    def names(self, relative: str) -> set[str]:
-        """The names in one folder, without a stat each: enough to know what exists. Empty
-        when the folder is missing or cannot be listed (lookups then say why)."""
-        found = self._names.get(relative)
-        if found is None:
-            try:
-                found = set(os.listdir(f"{self.root}/{relative}" if relative else self.root))
-            except OSError:
-                found = set()
-            self._names[relative] = found
-        return found
 
     def folder(self, relative: str) -> dict[str, Fingerprint]:
         """One folder's entries: name -> fingerprint ((-1, -1) for a folder or an odd entry,

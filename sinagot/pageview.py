@@ -4,15 +4,17 @@ log for that step (`/api/records/<id>`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .board import API_VERSION, NO_OVERLAY, Board, Overlay, cell_status
 from .errors import SinagotError
 from .layout import Scope, Unit
-from .recordlog import history, log_time, read_lines
+from .recordlog import history, log_time, open_regular, parse_entries
 from .state import LastRun, run_key
 from .status import StepStatus
 
@@ -20,13 +22,17 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 LOG_TAIL = 20  # log lines shown per step
+LOG_BYTES = 256 * 1024  # of a record's log read for them (its end)
 
 
-def board_for(engine: Engine, live: bool = True) -> Board:
-    """An empty board with the engine's units' steps as its columns."""
+def board_for(engine: Engine, live: bool = True, generation: int = 0) -> Board:
+    """An empty board with the engine's units' steps as its columns; its generations
+    continue from `generation` (a page re-renders only when the number moves)."""
     layout = engine.layout
     steps_of = {key: tuple(s.name for s in layout.steps(*key)) for key in layout.unit_keys(Scope())}
-    return Board(str(engine.config.files[0]), engine.config.scoped, __version__, steps_of, live)
+    return Board(
+        str(engine.config.files[0]), engine.config.scoped, __version__, steps_of, live, generation
+    )
 
 
 def record_detail(
@@ -61,7 +67,7 @@ def record_detail(
             {
                 "task": unit.task,
                 "modality": unit.modality,
-                "arriving": unit in overlay.arriving,
+                "arriving": any(step["status"] == "ARRIVING" for step in steps),
                 "steps": steps,
             }
             for unit, steps in out.items()
@@ -90,7 +96,7 @@ def _log_by_step(engine: Engine, record_id: str) -> dict[tuple, list[dict[str, A
     answer."""
     out: dict[tuple, list[dict[str, Any]]] = {}
     try:
-        entries = [e for path in history(engine.dataset, record_id) for e in read_lines(path)]
+        entries = _tail(history(engine.dataset, record_id), LOG_BYTES)
     except (SinagotError, OSError):  # a log that is a link, a FIFO, unreadable
         return out
     for entry in entries:
@@ -104,6 +110,28 @@ def _log_by_step(engine: Engine, record_id: str) -> dict[tuple, list[dict[str, A
             }
         )
     return out
+
+
+def _tail(paths: list[Path], budget: int) -> list[dict[str, Any]]:
+    """The entries of the last `budget` bytes of these files (oldest first): a detail costs
+    the same whatever the size of a record's log."""
+    chunks: list[list[str]] = []
+    for path in reversed(paths):
+        if budget <= 0:
+            break
+        try:
+            fd = open_regular(str(path), os.O_RDONLY, "log file")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with open(fd, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            start = max(size - budget, 0)
+            fh.seek(start)
+            data = fh.read(size - start)
+        budget -= len(data)
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        chunks.append(lines[1:] if start else lines)  # the first may be cut: dropped
+    return list(parse_entries(line for chunk in reversed(chunks) for line in chunk))
 
 
 def _status_name(code: object) -> object:

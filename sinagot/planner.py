@@ -11,7 +11,10 @@ all decide through it. The rules, in order (DESIGN.md §6):
    produce itself, so a dataset processed before sinagot is adopted, not redone);
 4. an input differs from what the last run read (size or mtime; content when hashing);
 5. the script's code differs from the last run's (`[staleness] script_changes`);
-6. an earlier step of the unit will rewrite one of its inputs.
+6. an earlier step of the unit will rewrite one of its inputs;
+7. an output differs (size or mtime) from what the step's last run wrote: truncated by a
+   full disk, overwritten by hand. Only the step that wrote it; a later step reading it
+   has a changed input, or an earlier step that will rewrite it.
 
 A step whose inputs are missing runs when nothing in its unit will make them only with
 `ignore_missing` (the script decides what to do without them); otherwise it is
@@ -22,6 +25,8 @@ A step whose last run failed stays failed (ERROR) until its inputs or its script
 A step whose input or output exists but cannot be read (a link loop, a FIFO, no permission)
 is ERROR too, saying which path and why, and does not run; nor does a step whose script
 cannot be loaded (`PlanContext.broken`), nor a later step of its unit waiting on it.
+Nor does any step of a record that is not ready (`PlanContext.not_ready`: the marker
+`[records] ready_when` names is missing): it keeps its status, with the reason first.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,7 +43,9 @@ from .fingerprints import (
     Fingerprint,
     Lookup,
     PathUnreadable,
+    decode_fingerprints,
     encode_fingerprints,
+    stat_path,
 )
 from .layout import StepSpec, Unit
 from .patterns import PathPattern, PathProblem
@@ -60,6 +67,9 @@ class PlanContext:
     force: bool = False
     only: str | None = None  # run just this step
     ignore_missing: bool = False  # run steps whose inputs are missing (and cannot be made)
+    #: record_id -> why its steps wait whatever they need (`[records] ready_when`'s marker
+    #: is missing): nothing of the record runs until it is there
+    not_ready: Mapping[str, str] | None = None
 
 
 #: The reason of a step planned to run without its inputs (`PlanContext.ignore_missing`).
@@ -109,6 +119,8 @@ def plan_unit(unit: Unit, steps: Sequence[StepSpec], ctx: PlanContext) -> list[S
             if (ctx.broken or held) and (wait := _waits(step, ins, ctx.broken, held)):
                 run, reasons = False, [wait, *reasons]
                 held.update(dict.fromkeys(outs, step.name))
+            elif ctx.not_ready and (wait := ctx.not_ready.get(unit.record_id)):
+                run, reasons = False, [wait, *reasons]
         made_in_unit.update(dict.fromkeys(outs, step.name))
         plans.append(
             StepPlan(unit, step, index, status, tuple(reasons), run, ins, outs, ctx.ignore_missing)
@@ -132,13 +144,15 @@ def _waits(
 
 class SettledCheck:
     """Is every step of a unit up to date? Decided with one string comparison per step
-    against `StateStore.read_settled`: the fast path for planning a whole workspace.
+    against `StateStore.read_settled` (with outputs): the fast path for planning a whole
+    workspace.
 
     Each step's paths are compiled once per (task, modality) into folders and the text
-    around `{id}`: a unit then costs one `stat` per input, one set lookup per output (the
-    output folders are listed once, names only) and one string comparison per step. It errs
-    only towards False (an input that is not a regular file, unusual patterns); `plan_unit`
-    then decides, with reasons.
+    around `{id}`: a unit then costs one `stat` per distinct input and output (a step's
+    output is often a later step's input: it is looked at once) and one string comparison
+    per step, that of what its last run read, ran with and wrote. It errs only towards
+    False (a path that cannot be read, unusual patterns); `plan_unit` then decides, with
+    reasons.
     """
 
     def __init__(
@@ -148,62 +162,81 @@ class SettledCheck:
         code_hashes: Mapping[str, str] | None,
     ) -> None:
         self._signatures = signatures
-        self._listing = listing
+        self._root = f"{listing.root}/"
         self._code_hashes = code_hashes
-        self._probes: dict[tuple[str | None, str | None], list[_StepProbe] | None] = {}
+        self._probes: dict[tuple[str | None, str | None], _UnitProbe | None] = {}
 
     def __call__(self, unit: Unit, steps: Sequence[StepSpec]) -> bool:
         key = (unit.task, unit.modality)
-        probes = self._probes.get(key, False)
-        if probes is False:
-            probes = self._probes[key] = self._compile(unit.task, steps)
-        if probes is None:
+        probe = self._probes.get(key, False)
+        if probe is False:
+            probe = self._probes[key] = self._compile(unit, steps)
+        if probe is None:
             return False
         record_id, signatures = unit.record_id, self._signatures
-        prefix = run_key(unit, "")
-        seen: dict[str, str] = {}  # steps of a unit often read the same input: stat it once
-        for probe in probes:
-            expected = signatures.get(prefix + probe.step)
-            if expected is None:
+        expected = [signatures.get(record_id + tail) for tail, _, _, _ in probe.steps]
+        if None in expected:
+            return False
+        lines = []
+        root = self._root
+        for folder, pre, post in probe.paths:
+            relative = f"{folder}{pre}{record_id}{post}"
+            try:
+                st = os.stat(root + relative)
+            except OSError:
                 return False
-            lines = []
-            for folder, pre, post, absolute in probe.inputs:
-                path = absolute + pre + record_id + post
-                line = seen.get(path)
+            if stat.S_ISREG(st.st_mode):
+                lines.append(f"{relative}\t{st.st_size}\t{st.st_mtime_ns}")
+            else:  # a folder (walked as the slow path does), or odd
+                line = _other_line(root + relative, relative)
                 if line is None:
-                    try:
-                        st = os.stat(path)
-                    except OSError:
-                        return False
-                    if not stat.S_ISREG(st.st_mode):  # a folder, or odd: the slow path decides
-                        return False
-                    line = seen[path] = (
-                        f"{folder}{pre}{record_id}{post}\t{st.st_size}\t{st.st_mtime_ns}"
-                    )
-                lines.append(line)
-            text = "\n".join(lines) if probe.code is None else "\n".join(lines) + probe.code
-            if text != expected:
-                return False
-            for pre, post, names in probe.outputs:
-                if pre + record_id + post not in names:
                     return False
+                lines.append(line)
+        for (_, ins, code, outs), signature in zip(probe.steps, expected, strict=True):
+            text = (
+                (lines[ins[0]] if len(ins) == 1 else "\n".join([lines[i] for i in ins]))
+                + code
+                + (lines[outs[0]] if len(outs) == 1 else "\n".join([lines[i] for i in outs]))
+            )
+            if text != signature:
+                return False
         return True
 
-    def _compile(self, task: str | None, steps: Sequence[StepSpec]) -> list[_StepProbe] | None:
-        root = self._listing.root
+    def _compile(self, unit: Unit, steps: Sequence[StepSpec]) -> _UnitProbe | None:
+        """The paths of a (task, modality)'s units, each once, and what each step's
+        signature is made of: the key's end, and which paths it read and wrote."""
+        task, anyone = unit.task, unit._replace(record_id="")  # key = record ID + run_key(anyone)
+        paths: dict[tuple[str, str, str], int] = {}
         probes = []
         for step in steps:
             inputs = [_split(p, task) for p in step.inputs.patterns]
             outputs = [_split(p, task) for p in step.outputs.patterns]
             if any(p is None for p in (*inputs, *outputs)):
                 return None
-            code = None
+            ins = _indexes(paths, inputs)
+            outs = _indexes(paths, outputs)
+            code = "\x1d"
             if self._code_hashes is not None:
-                code = "\x1e" + self._code_hashes.get(step.script_key, "")
-            ins = [(_slash(d), pre, post, f"{root}/{_slash(d)}") for d, pre, post in inputs]
-            outs = [(pre, post, self._listing.names(d)) for d, pre, post in outputs]
-            probes.append(_StepProbe(step.name, ins, outs, code))
-        return probes
+                code = f"\x1e{self._code_hashes.get(step.script_key, '')}\x1d"
+            probes.append((run_key(anyone, step.name), ins, code, outs))
+        return _UnitProbe(list(paths), probes)
+
+
+def _indexes(
+    paths: dict[tuple[str, str, str], int], parts: list[tuple[str, str, str]]
+) -> tuple[int, ...]:
+    """Where each (folder, before {id}, after) is in `paths`, added if new."""
+    return tuple(paths.setdefault((_slash(d), pre, post), len(paths)) for d, pre, post in parts)
+
+
+def _other_line(path: str, relative: str) -> str | None:
+    """The line of a path that is not a regular file, as planning would fingerprint it (a
+    folder is walked); None when it cannot be read: the slow path says why."""
+    try:
+        fp = stat_path(path)
+    except PathUnreadable:
+        return None
+    return None if fp is None else f"{relative}\t{fp[0]}\t{fp[1]}"
 
 
 def _split(pattern: PathPattern, task: str | None) -> tuple[str, str, str] | None:
@@ -222,11 +255,12 @@ def _slash(folder: str) -> str:
     return f"{folder}/" if folder else ""
 
 
-class _StepProbe(NamedTuple):
-    step: str
-    inputs: list[tuple[str, str, str, str]]  # (folder/, before {id}, after, absolute folder/)
-    outputs: list[tuple[str, str, Set[str]]]  # (before {id}, after, names in the folder)
-    code: str | None  # '\x1e' + the script's hash, when script changes are tracked
+class _UnitProbe(NamedTuple):
+    paths: list[tuple[str, str, str]]  # each path once: (folder/, before {id}, after)
+    #: Per step: the end of its store key (after the record ID), the indexes in `paths` of
+    #: its inputs, what comes between ('\x1e' + the script's hash, if tracked; '\x1d'),
+    #: and the indexes of its outputs.
+    steps: list[tuple[str, tuple[int, ...], str, tuple[int, ...]]]
 
 
 def done_plans(unit: Unit, steps: Sequence[StepSpec]) -> list[StepPlan]:
@@ -287,6 +321,8 @@ def _status(
         reasons.extend(_make_rule(ins, in_fps, outs, out_fps))
     else:
         reasons.extend(_changes(step, ins, in_fps, last, ctx))
+        if last.state == "done" and last.outputs:
+            reasons.extend(_outputs_changed(outs, out_fps, last.outputs))
     reasons.extend(f"output {rel} is missing" for rel, fp in zip(outs, out_fps, strict=True)
                    if fp is None)  # fmt: skip
     return (StepStatus.STALE if reasons else StepStatus.DONE), reasons
@@ -389,6 +425,23 @@ def _changes(
         if current is not None and current != last.code_hash:
             reasons.append(f"script {_script_name(step)} changed since last run")
     return reasons
+
+
+def _outputs_changed(
+    outs: Sequence[str], out_fps: Sequence[Fingerprint | None], recorded: str
+) -> list[str]:
+    """Outputs that differ from what the run that wrote them left (truncated by a full disk,
+    overwritten by hand): that run's result is not what is there, so its step runs again.
+    Only the writer's own outputs are compared; a missing one is said elsewhere, and a
+    later step reading it sees a changed input instead."""
+    if recorded == encode_fingerprints(outs, out_fps):  # fast path: one string compare
+        return []
+    written = decode_fingerprints(recorded)
+    return [
+        f"output {rel} changed since the run that wrote it ({_describe(before, fp)})"
+        for rel, fp in zip(outs, out_fps, strict=True)
+        if fp is not None and (before := written.get(rel)) is not None and fp != before
+    ]
 
 
 def _hash(hasher: Callable[[str], str], relative: str) -> str:

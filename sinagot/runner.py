@@ -25,7 +25,9 @@ write the same file; each is renamed into place only when its script returned. A
 attempt's temporary outputs keep their hidden name, which planning, the watcher and
 fingerprints ignore, so they are never taken for a result; the next attempt at the same run
 removes them (their tokens are in the receipt). Those of a run never attempted again stay
-until removed by hand (they are hidden, and named as sinagot's).
+until removed by hand (they are hidden, and named as sinagot's). With `StepJob.durable`
+(`[run] durable`), each output is synced to disk before its rename and its folder after, so
+that a power cut cannot leave a renamed output whose data never reached the disk.
 
 Paths. The record log, receipts and outputs are never written through a link out of the
 dataset: the LOG folder, the receipts folder and each output folder must have their real path
@@ -129,6 +131,7 @@ class StepJob:
     echo: bool = False
     time_limit: float | None = None  # seconds a run may take; None: no limit
     attempts: int = 3  # attempts at one run that may die mid-run before it is FAILED
+    durable: bool = False  # `[run] durable`: outputs synced to disk around their rename
     controls: tuple[str, ...] = ()  # PATH_CONTROL, dataset-relative: folders made, no more
     ignore_missing: bool = False  # run without missing inputs, and after a failed step
     debug: bool = False  # the result carries a failed script's exception (this process)
@@ -593,8 +596,7 @@ class _Run:
             ]
             if unwritten:
                 raise RuntimeError(f"the script did not write output {', '.join(unwritten)}")
-            for temp, final in zip(self.temps, self.finals, strict=True):
-                _replace(temp, final)
+            _place(job.outputs, self.temps, self.finals, job.durable)
         except (Exception, SystemExit) as exc:  # a script's sys.exit() fails its step, no more
             return self.failed(exc, one_line(exc), **self.ran)
         outputs = encode_fingerprints(job.outputs, [stat_known(p) for p in self.finals])
@@ -726,6 +728,63 @@ def _write(fd: int, text: str) -> None:
     written = 0
     while written < len(data):
         written += os.pwrite(fd, data[written:], written)
+
+
+def _place(
+    outputs: tuple[str, ...], temps: tuple[str, ...], finals: tuple[str, ...], durable: bool
+) -> None:
+    """Move a run's finished outputs into place.
+
+    `durable` (`[run] durable`): each output's data is synced to disk before its rename,
+    and each output folder after, so that a power cut leaves the old output or the whole
+    new one: never a renamed file whose data had not reached the disk (empty, or short).
+    An output that cannot be synced fails the step, naming it."""
+    if durable:
+        for rel, temp in zip(outputs, temps, strict=True):
+            _synced(rel, temp, _sync_tree)
+    for temp, final in zip(temps, finals, strict=True):
+        _replace(temp, final)
+    if durable:
+        folders = {os.path.dirname(final): rel for rel, final in zip(outputs, finals, strict=True)}
+        for folder, rel in folders.items():
+            _synced(rel, folder, _sync)
+
+
+def _synced(rel: str, path: str, sync: Callable[[str], None]) -> None:
+    """`sync(path)`, an error naming the output it was for (the step fails on it)."""
+    try:
+        sync(path)
+    except OSError as exc:
+        raise OSError(exc.errno, f"output {rel} cannot be synced to disk: {exc.strerror}") from None
+
+
+def _sync_tree(path: str) -> None:
+    """fsync a file, or every file and folder of a folder; links and odd entries are left
+    alone (a link's target is not the output's data; a FIFO would block)."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        _sync(path)
+    elif stat.S_ISDIR(mode):
+        for folder, _, files in os.walk(path, onerror=_raise):
+            for name in files:
+                inner = os.path.join(folder, name)
+                if stat.S_ISREG(os.lstat(inner).st_mode):
+                    _sync(inner)
+            _sync(folder)
+
+
+def _sync(path: str) -> None:
+    """fsync one regular file or folder, opened read-only without following a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise(exc: OSError) -> None:
+    """`os.walk` skips a folder it cannot list: an output left unsynced must fail instead."""
+    raise exc
 
 
 def _replace(temp: str, final: str) -> None:

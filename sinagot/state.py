@@ -258,9 +258,10 @@ class StateStore:
         return {row[0]: make(row[1:]) for row in rows}
 
     @_guarded
-    def read_settled(self, with_code: bool) -> dict[str, str]:
+    def read_settled(self, with_code: bool, with_outputs: bool = False) -> dict[str, str]:
         """A signature per step whose last run finished well and is not queued: its encoded
-        inputs, then '\\x1e' and its code hash when `with_code`.
+        inputs, then '\\x1e' and its code hash when `with_code`, then '\\x1d' and its
+        encoded outputs when `with_outputs`.
 
         One string per row, built by SQLite: planning a whole workspace compares strings
         and reads full rows only for the few units that differ.
@@ -269,6 +270,8 @@ class StateStore:
         if db is None:
             return {}
         code = "|| char(30) || coalesce(code_hash, '')" if with_code else ""
+        if with_outputs:
+            code += "|| char(29) || coalesce(outputs, '')"
         query = f"SELECT key, inputs {code} FROM runs WHERE state = 'done' AND submitted IS NULL"
         return dict(db.execute(query))
 

@@ -32,6 +32,7 @@ from sinagot.runner import Outcome, StepResult, one_line, refused_result
 from sinagot.state import StateError
 
 from .alerts import load_notify
+from .arrivals import Arrivals
 from .monitor import Monitor
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
@@ -156,7 +157,11 @@ class Daemon:
             alerts=list(self.monitor.alerts.targets),
         )
         self._check_scripts(self.ws.broken_scripts())
-        self.units_settle: Settler[Unit] = Settler(self.settings.settle_seconds)
+        self.units_settle = Arrivals(
+            self.settings.settle_seconds, self.log, self.ws.config.state_dir,
+            writes=lambda: self.watcher.writes if self.watcher is not None else None,
+            waits_for=lambda record_id: self.ws.waits_for(record_id),
+        )  # fmt: skip
         self.scripts_settle: Settler[Path] = Settler(self.settings.settle_seconds)
         self.config_settle: Settler[Path] = Settler(self.settings.settle_seconds)
         if not self.options.once:
@@ -292,21 +297,30 @@ class Daemon:
             self._say("watch.error", self.log.warning, error=message.error)
 
     def _path_changed(self, path: str, now: float) -> None:
+        """Hidden names (our temporary outputs, rsync's .name.XXXXXX, the state folder) are
+        ignored below the watched folders, whatever the folders above them are called; a
+        `[records] ready_when` marker is not, hidden or not (`{id}/.done`)."""
         config = self.ws.config
-        if any(name.startswith(".") for name in Path(path).parts[-8:]):
-            return  # hidden: our temporary outputs, rsync's .name.XXXXXX, the state folder
         if _under(path, config.state_dir) or _under(path, config.dataset / LOG_FOLDER):
             return
         if any(path == str(f) for f in config.files):
             self.config_settle.touch(Path(path), now)
         elif _under(path, config.scripts):
-            if path.endswith(".py"):
+            if path.endswith(".py") and not _hidden(os.path.relpath(path, config.scripts)):
                 self.scripts_settle.touch(Path(path), now)
         elif _under(path, config.dataset):
             relative = os.path.relpath(path, config.dataset).replace(os.sep, "/")
-            for unit in self.ws.layout.units_for_path(relative):
-                self.units_settle.touch(unit, now)
-            self._idle = False
+            output = False
+            if (record_id := self.ws.marker_record(relative)) is not None:
+                units = self.ws.units(Scope(), [record_id])  # its marker: the record may go
+            elif _hidden(relative):
+                return
+            else:
+                units = self.ws.layout.units_for_path(relative)
+                output = bool(units) and self.units_settle.is_output(self.ws.layout, relative)
+            self.units_settle.changed(path, units, now, output)
+            if units:  # a sidecar no step reads is no work: no `daemon.idle` per event
+                self._idle = False
 
     def _timers(self) -> None:
         now = self.clock()
@@ -321,6 +335,7 @@ class Daemon:
             keys = {key for script in scripts for key in self.ws.layout.uses_script(script)}
             ids = list(self.ws.layout.discover(Scope()))
             self.replan([Unit(r, t, m) for r in ids for t, m in keys])
+        self.units_settle.tick(now)
         units = self.units_settle.due(now)
         if units:
             self.monitor.settled(units, now)
@@ -374,7 +389,8 @@ class Daemon:
         self._ingest()
         problems: list[PathProblem] = []
         units = self.ws.units(Scope(), problems=problems)
-        free = [u for u in units if u not in self.in_flight]
+        # A unit whose files are still arriving is planned when they settle, not before.
+        free = [u for u in units if u not in self.in_flight and u not in self.units_settle]
         self.dirty.update(u for u in units if u in self.in_flight)
         stale = self._queue(self.ws.plan(free, stale_only=True, problems=problems))
         self._path_problems(problems, everything=True)
@@ -398,7 +414,11 @@ class Daemon:
         self.monitor.changed(units)
         busy = [u for u in units if u in self.in_flight]
         self.dirty.update(busy)
-        free = [u for u in units if u not in self.in_flight]
+        # A unit whose files are arriving is planned once they settle, unless a person asked.
+        asked = force or only is not None
+        free = [
+            u for u in units if u not in self.in_flight and (asked or u not in self.units_settle)
+        ]
         if free:
             problems: list[PathProblem] = []
             plans = self.ws.plan(free, stale_only=True, force=force, only=only, problems=problems)
@@ -718,7 +738,7 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("config.invalid", path=path, error=str(exc), trigger=why)
             return
-        moved = _moved(self.ws, ws)
+        moved = _moved(self.ws, ws) or _page_moved(self.settings, settings)
         if moved:
             ws.close()
             error = f"{moved} changed: restart sinagotd to apply it (kept the running config)"
@@ -745,12 +765,14 @@ class Daemon:
         """Stop taking work; let running steps finish within the grace period; record."""
         once = self.options.once and not self.stops
         if not once:
-            self.log.info("daemon.stopping", in_flight=len(self.in_flight))
+            withdrawn = self._withdraw()
+            self.log.info("daemon.stopping", in_flight=len(self.in_flight), withdrawn=withdrawn)
             self.notifier.stopping()
         if self.requests is not None:
             self.requests.close()
         if self.watcher is not None:
             self.watcher.stop()
+        self.units_settle.close()  # no `arriving.json` left behind
         deadline = self.clock() + self.settings.stop_grace_seconds
         first = self.stops
         while self.in_flight and self.clock() < deadline and self.stops <= max(first, 1):
@@ -768,6 +790,26 @@ class Daemon:
         if not once:
             self.log.info("daemon.stopped", in_flight=left)
         return 1 if once and self.failed_steps else 0
+
+    def _withdraw(self) -> int:
+        """Units on the cluster that no worker has begun leave it now, recorded as not run
+        (planned again at the next start); only those running get the grace period."""
+        if not self.in_flight or self._reconnect_at is not None:
+            return 0
+        try:
+            withdrawn = self.executor.withdraw([f.submitted for f in self.in_flight.values()])
+        except Exception as exc:  # the cluster is going too: the grace period is all there is
+            self.log.warning("cluster.unreachable", error=one_line(exc), retry_in_s=None)
+            return 0
+        results = [
+            refused_result(job, Outcome.NOT_RUN, "withdrawn: sinagotd stopped before it began")
+            for submitted in withdrawn
+            for job in submitted.jobs
+        ]
+        if self._record(results):
+            for submitted in withdrawn:
+                del self.in_flight[submitted.unit]
+        return len(withdrawn)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -803,6 +845,14 @@ def _moved(old: Engine, new: Engine) -> str | None:
     return None
 
 
+def _page_moved(old: DaemonSettings, new: DaemonSettings) -> str | None:
+    """The status page's address is bound at start."""
+    for key in ("status_page", "status_host", "status_port"):
+        if getattr(old, key) != getattr(new, key):
+            return f"[daemon] {key}"
+    return None
+
+
 def _folders(ws: Engine) -> tuple[Path, ...]:
     return (ws.config.scripts, *sorted({f.parent for f in ws.config.files}))
 
@@ -813,6 +863,10 @@ def _who(peer: Peer) -> dict[str, int]:
 
 def _where(unit: Unit) -> dict[str, str | None]:
     return {"record_id": unit.record_id, "task": unit.task, "modality": unit.modality}
+
+
+def _hidden(relative: str) -> bool:
+    return any(name.startswith(".") for name in relative.replace(os.sep, "/").split("/"))
 
 
 def _under(path: str, folder: Path) -> bool:

@@ -19,7 +19,6 @@ from .statusview import StatusKeeper
 from .web import StatusServer
 
 OVERLAY_EVERY = 0.5  # seconds between two looks at the queue for the page
-_SETTLED_KEPT = 10_000  # settle times kept for the latency metric before old ones are dropped
 
 
 class Monitor:
@@ -91,8 +90,6 @@ class Monitor:
             self.keeper.reload()
 
     def settled(self, units: Iterable[Unit], now: float) -> None:
-        if len(self._settled) > _SETTLED_KEPT:
-            self._settled = {u: t for u, t in self._settled.items() if now - t < 3600.0}
         self._settled.update(dict.fromkeys(units, now))
 
     def submitted(self, units: Iterable[Unit], now: float) -> None:
@@ -129,10 +126,15 @@ class Monitor:
              arriving: Callable[[], Iterable[Unit]]) -> None:  # fmt: skip
         """Alerts due, and the queue as the page shows it (every `OVERLAY_EVERY` seconds)."""
         self.alerts.tick(now)
-        if self.keeper is None or now < self._next_overlay:
+        if now < self._next_overlay:
             return
         self._next_overlay = now + OVERLAY_EVERY
-        self.keeper.set_overlay(Overlay(frozenset(queued()), frozenset(arriving())))
+        waiting = frozenset(queued())
+        # A settle that queued nothing (the steps' own outputs landing) is no latency to
+        # measure later: only units still waiting for the cluster keep their settle time.
+        self._settled = {u: t for u, t in self._settled.items() if u in waiting}
+        if self.keeper is not None:
+            self.keeper.set_overlay(Overlay(waiting, frozenset(arriving())))
 
     def close(self, alerts_timeout: float = 5.0) -> None:
         self.alerts.close(timeout=alerts_timeout)

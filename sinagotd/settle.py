@@ -33,5 +33,9 @@ class Settler(Generic[K]):
         """What is waiting to settle."""
         return frozenset(self._last)
 
+    def __contains__(self, key: object) -> bool:
+        """Is `key` waiting to settle? (Cheaper than `key in keys()` in a loop.)"""
+        return key in self._last
+
     def __len__(self) -> int:
         return len(self._last)

@@ -31,6 +31,10 @@ FULL_SPACING, FULL_MIN = 3.0, 5.0
 WINDOW = 300.0  # seconds of finished steps the throughput is measured over
 
 
+class NotReady(Exception):
+    """The first board is not planned yet."""
+
+
 class StatusKeeper:
     def __init__(
         self,
@@ -54,6 +58,7 @@ class StatusKeeper:
         self._details: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
         self._engine: Engine | None = None
         self._next_full = 0.0
+        self._last_error, self._last_error_at = "", 0.0
         self._thread = threading.Thread(target=self._run, name="sinagotd-status", daemon=True)
 
     # -- from the loop (cheap, never blocking) ---------------------------------------------
@@ -131,7 +136,7 @@ class StatusKeeper:
                 if self.board is not None:
                     self.board.throughput = self._throughput()
             except Exception as exc:  # the page shows older data; the daemon goes on
-                self.log.exception("status.error", error=one_line(exc))
+                self._failed(one_line(exc))
                 self._full = True
                 next_update = self.clock() + 5.0
         if self._engine is not None:
@@ -141,11 +146,10 @@ class StatusKeeper:
     def _update(self, full: bool) -> None:
         """A full plan (`full`), else the units touched since the last update."""
         if self._reload or self._engine is None:
-            self._reload = False
+            engine = Engine(self.workspace, verbose=False)  # raises: retried, reload kept
             if self._engine is not None:
                 self._engine.close()
-            self._engine = Engine(self.workspace, verbose=False)
-            full = True
+            self._engine, self._reload, full = engine, False, True
         engine = self._engine
         with self._lock:
             overlay = self._overlay
@@ -153,18 +157,28 @@ class StatusKeeper:
         if full or self.board is None:
             self._full = False
             started = self.clock()
-            board = board_for(engine)
+            board = board_for(engine, generation=self.board.generation if self.board else 0)
             board.replace_all(rows_from_plans(engine.plan(engine.units(Scope())), overlay))
             self.board = board
             cost = self.clock() - started
             self._next_full = self.clock() + max(FULL_MIN, FULL_SPACING * cost)
         elif pending:
-            known = set(self.board.units())
-            discovered = engine.units(Scope(), sorted({u.record_id for u in pending}))
-            units = [u for u in discovered if u in known or u in pending]
-            ids = {u.record_id for u in units}
-            gone = [u for u in pending if u.record_id not in ids]
-            self.board.update(rows_from_plans(engine.plan(units), overlay), gone=gone)
+            ids = sorted({u.record_id for u in pending})
+            rows = rows_from_plans(engine.plan(engine.units(Scope(), ids)), overlay)
+            # A record with nothing left of it (its files deleted or moved) leaves the board.
+            there = {r.unit.record_id for r in rows if set(r.cells) != {"DATA_NOT_AVAILABLE"}}
+            self.board.update(
+                [r for r in rows if r.unit.record_id in there],
+                gone=[r.unit for r in rows if r.unit.record_id not in there],
+            )
+
+    def _failed(self, error: str) -> None:
+        """`status.error` with its traceback, once per error and at most once a minute
+        while it lasts."""
+        now = self.clock()
+        if error != self._last_error or now - self._last_error_at >= 60.0:
+            self.log.exception("status.error", error=error)
+            self._last_error, self._last_error_at = error, now
 
     def _throughput(self) -> dict[str, object]:
         now = self.clock()
@@ -182,8 +196,11 @@ class StatusKeeper:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                units = self.board.units_of(record_id) if self.board is not None else []
-                if not units or self._engine is None:
+                if self.board is None or self._engine is None:
+                    future.set_exception(NotReady("the status is being computed"))
+                    continue
+                units = self.board.units_of(record_id)
+                if not units:
                     future.set_result(None)
                 else:
                     with self._lock:

@@ -8,6 +8,11 @@
   into a `WatchError` message, and the loop reconciles.
 - Atomic writes (temp file + rename, rsync's `.name.XXXXXX`) arrive as `moved` events whose
   `dest_path` is the real file: the path reported is the destination.
+- A file can stay quiet for longer than any settle time while its writer still holds it
+  open (a copy that pauses between chunks). inotify says when a file written to is closed
+  (`closed`, IN_CLOSE_WRITE): `OpenWrites` keeps the files written and not yet closed, which
+  the daemon does not act on (`sinagotd.arrivals`). The polling observer has no such
+  events: there, size and modification time must hold still instead.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +35,10 @@ from watchdog.observers.polling import PollingObserver
 #: read inputs all the time) are not among them.
 CONTENT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+#: Files created and not (yet) opened, kept this long at most: a hard link or a file moved
+#: in is created without being opened for writing.
+_CREATED_KEPT = 60.0
+_CREATED_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -40,26 +52,104 @@ class WatchError:
     error: str
 
 
+class OpenWrites:
+    """Files opened for writing and not closed yet, as inotify reports them: written to
+    (`modified`), or created and opened at once (`open(O_CREAT)`, before the first write),
+    until `closed` (the last writer closed it), `deleted` or moved away. Written by the
+    observer's thread, read by the loop's: every access holds a lock.
+
+    Events can be lost (an inotify queue overflow, the observer restarted): `clear` then
+    forgets everything, since a writer still at work marks its file again at its next
+    write, whereas a close that was lost would hold the file for good."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[str, tuple[float, bool]] = {}  # path -> (since, written to)
+        self._created: dict[str, float] = {}  # path -> when; a file opened now is a writer's
+
+    def since(self, path: str) -> float | None:
+        """When this file was first written without being closed since, or None."""
+        with self._lock:
+            found = self._open.get(path)
+        return None if found is None else found[0]
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._open.pop(path, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._open.clear()
+            self._created.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def event(self, kind: str, path: str, dest: str = "") -> None:
+        """One watchdog event on a file (not a folder)."""
+        now = self._clock()
+        with self._lock:
+            if kind == "modified":
+                since = self._open.get(path, (now, True))[0]
+                self._open[path] = (since, True)
+            elif kind == "created":
+                self._remember_created(path, now)
+            elif kind == "opened":
+                if (created := self._created.pop(path, None)) is not None:
+                    self._open.setdefault(path, (created, False))
+            elif kind == "closed_no_write":  # a reader's close; or O_CREAT without writing
+                self._created.pop(path, None)
+                if not self._open.get(path, (0.0, True))[1]:
+                    del self._open[path]
+            elif kind in ("closed", "deleted", "moved"):
+                self._created.pop(path, None)
+                found = self._open.pop(path, None)
+                if kind == "moved" and dest and found is not None:  # renamed while open
+                    self._open[dest] = found
+
+    def _remember_created(self, path: str, now: float) -> None:
+        if len(self._created) >= _CREATED_MAX:
+            self._created = {p: t for p, t in self._created.items() if now - t < _CREATED_KEPT}
+            if len(self._created) >= _CREATED_MAX:
+                self._created.clear()
+        self._created[path] = now
+
+
 class _Enqueue(FileSystemEventHandler):
-    def __init__(self, messages: queue.Queue) -> None:
+    def __init__(self, messages: queue.Queue, writes: OpenWrites | None = None) -> None:
         self._messages = messages
+        self._writes = writes
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if self._writes is not None and not event.is_directory:
+            self._track(event)
         if event.event_type in CONTENT_EVENTS:
             path = event.dest_path or event.src_path
             self._messages.put(PathChanged(os.fsdecode(path), event.is_directory))
             if event.event_type == "moved" and event.src_path:
                 self._messages.put(PathChanged(os.fsdecode(event.src_path), event.is_directory))
 
+    def _track(self, event: FileSystemEvent) -> None:
+        """Never raises: an exception here would stop the observer's thread."""
+        src = os.fsdecode(event.src_path)
+        if self._writes is None or os.path.basename(src).startswith("."):
+            return  # hidden names (rsync's, our temporary outputs) are never acted on
+        dest = os.fsdecode(event.dest_path) if event.dest_path else ""
+        self._writes.event(event.event_type, src, dest)
+
 
 class _Errors(logging.Handler):
     """Turns watchdog's warnings (queue overflow, lost watches) into loop messages."""
 
-    def __init__(self, messages: queue.Queue) -> None:
+    def __init__(self, messages: queue.Queue, writes: OpenWrites) -> None:
         super().__init__(logging.WARNING)
         self._messages = messages
+        self._writes = writes
 
     def emit(self, record: logging.LogRecord) -> None:
+        self._writes.clear()  # events were lost: a close among them would hold a file
         self._messages.put(WatchError(record.getMessage()))
 
 
@@ -78,7 +168,9 @@ class Watcher:
         self._kind = kind
         self._polling = polling_seconds
         self._observer: BaseObserver | None = None
-        self._errors = _Errors(messages)
+        #: Files open for writing (inotify only; always empty with the polling observer).
+        self.writes = OpenWrites()
+        self._errors = _Errors(messages, self.writes)
 
     @property
     def kind(self) -> str:
@@ -93,7 +185,9 @@ class Watcher:
             observer: BaseObserver = PollingObserver(timeout=self._polling)
         else:
             observer = Observer()
-        handler = _Enqueue(self._messages)
+        self.writes.clear()  # what was open before a restart is unknown: events were missed
+        closes = "inotify" in type(observer).__module__  # only inotify reports closes
+        handler = _Enqueue(self._messages, self.writes if closes else None)
         for folder, recursive in self._folders:
             observer.schedule(handler, str(folder), recursive=recursive)
         observer.start()

@@ -26,11 +26,13 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from sinagot.board import Query
+from sinagot.board import API_VERSION, Query
 from sinagot.report import page_assets
 
-from .statusview import StatusKeeper
+from .statusview import NotReady, StatusKeeper
 
+MAX_CONNECTIONS = 64  # open at once; more are closed at once (a flood costs the daemon nothing)
+HEADER_TIMEOUT = 10.0  # seconds a client has to send its request's headers
 DETAIL_TIMEOUT = 15.0  # seconds a record's detail may take (a full plan may be under way)
 MAX_ID = 1024  # characters of a record ID in a URL
 _CSP = (
@@ -82,9 +84,10 @@ class StatusServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
-        server = tornado.httpserver.HTTPServer(
-            self._app, max_body_size=4096, max_header_size=16384, idle_connection_timeout=60
-        )
+        server = _CappedServer(
+            self._app, max_body_size=4096, max_header_size=16384,
+            idle_connection_timeout=HEADER_TIMEOUT, body_timeout=HEADER_TIMEOUT,
+        )  # fmt: skip
         server.add_sockets(self._sockets)
         loop.call_soon(self._ready.set)
         try:
@@ -101,6 +104,17 @@ class StatusServer:
         else:
             for sock in self._sockets:
                 sock.close()
+
+
+class _CappedServer(tornado.httpserver.HTTPServer):
+    """At most `MAX_CONNECTIONS` open: the page is for a few people, and a flood of idle
+    connections must not take the file descriptors the daemon needs for its own work."""
+
+    def handle_stream(self, stream: Any, address: tuple) -> None:
+        if len(self._connections) >= MAX_CONNECTIONS:
+            stream.close()
+            return
+        super().handle_stream(stream, address)
 
 
 class _Base(tornado.web.RequestHandler):
@@ -123,6 +137,8 @@ class _Base(tornado.web.RequestHandler):
             self.finish()
 
     def _json(self, code: int, body: Any) -> None:
+        if "error" in body:
+            body = {"api": API_VERSION, **body}
         self.set_status(code)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.write(json.dumps(body, separators=(",", ":")))
@@ -174,7 +190,7 @@ class RecordHandler(_Base):
         future = self.keeper.detail(record_id)
         try:
             detail = await asyncio.wait_for(asyncio.wrap_future(future), DETAIL_TIMEOUT)
-        except TimeoutError:
+        except (TimeoutError, NotReady):
             self._json(503, {"error": "the daemon is busy planning; try again in a moment"})
             return
         if detail is None:

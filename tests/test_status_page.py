@@ -40,7 +40,10 @@ def poll(base: str, path: str, ok, timeout: float = 10.0) -> Any:
     """The first answer that satisfies `ok`, asked until the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        code, _, body = fetch(base + path)
+        try:
+            code, _, body = fetch(base + path)
+        except OSError as exc:  # refused or reset while the server sheds connections
+            code, body = 0, json.dumps({"error": str(exc)}).encode()
         answer = json.loads(body)
         if code == 200 and ok(answer):
             return answer
@@ -294,3 +297,58 @@ def test_status_html_writes_the_report_a_person_can_mail(ws, tmp_path: Path):
 def _embedded(html: str) -> dict:
     data = html.split('<script id="sinagot-data" type="application/json">')[1]
     return json.loads(data.split("</script>")[0])
+
+
+def test_the_board_follows_a_reload_and_a_deleted_record(ws, sinagotd):
+    daemon = sinagotd(ws)
+    base = daemon.wait_for("daemon.started")["status_page"]
+    daemon.wait_for("daemon.idle")
+    before = poll(base, "api/status", lambda a: a["counts"]["done"] == 6)
+
+    for kind in ("raw", "computed", "computed"):
+        for path in (ws / "dataset" / kind).glob("REC-20200603-*"):
+            path.unlink()
+    gone = poll(base, "api/status", lambda a: a["total"] == 2)
+    assert [r["record_id"] for r in gone["rows"]] == ["REC-20200601", "REC-20200602"]
+    assert gone["generation"] > before["generation"]
+
+    config = ws / "workspace.toml"
+    config.write_text(config.read_text().replace('"count", "mean"', '"count"'))
+    daemon.wait_for("config.reloaded")
+    after = poll(base, "api/status", lambda a: a["steps"] == ["count"])
+    assert after["generation"] > gone["generation"]  # an open page redraws: never back to 1
+    assert after["counts"]["steps"] == 2
+
+
+def test_a_flood_of_idle_connections_leaves_the_daemon_working(ws, sinagotd):
+    daemon = sinagotd(ws)
+    base = daemon.wait_for("daemon.started")["status_page"]
+    daemon.wait_for("daemon.idle")
+    host, port = base.removeprefix("http://").rstrip("/").split(":")
+    flood = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /api/status HTTP/1.1\r\n")  # and never the rest
+            flood.append(sock)
+        write_record(ws, "REC-20200604")
+        daemon.wait_for("step.finished", record_id="REC-20200604", step="mean")
+    finally:
+        for sock in flood:
+            sock.close()
+    assert poll(base, "api/status", lambda a: a["counts"]["done"] == 8)
+    assert "Traceback" not in daemon.stderr()
+
+
+def test_a_records_detail_reads_only_the_end_of_a_huge_log(tmp_path: Path):
+    from sinagot.pageview import LOG_BYTES, _tail
+
+    log = tmp_path / "REC-1.log"
+    line = json.dumps({"step_label": "count", "message": "x" * 200}) + "\n"
+    with log.open("w") as fh:
+        fh.writelines(line for _ in range(50_000))  # 10 MB
+        fh.write(json.dumps({"step_label": "count", "message": "the last one"}) + "\n")
+    entries = _tail([log], LOG_BYTES)
+    assert entries[-1]["message"] == "the last one"
+    assert len(entries) < LOG_BYTES // 200  # a bounded read, and no torn first line
+    assert all(entry["step_label"] == "count" for entry in entries)

@@ -33,7 +33,7 @@
   const SHOWS = {
     all: null,
     failed: new Set(['ERROR']),
-    stale: new Set(['STALE', 'DATA_READY', 'QUEUED']),
+    stale: new Set(['STALE', 'DATA_READY']),
     in_flight: new Set(['PROCESSING']),
     queued: new Set(['QUEUED']),
     arriving: new Set(['ARRIVING']),
@@ -341,6 +341,7 @@
     const key = `${qs}|${d.generation}`;
     if (key === state.renderedKey) {
       state.data = d;
+      renderHeader(d); // throughput and the time to clear move without a new generation
       return false;
     }
     state.renderedKey = key;

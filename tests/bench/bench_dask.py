@@ -254,6 +254,8 @@ def main() -> int:
         steps = 2 * args.n
         ratio = sinagot_s / raw_s
         verdict = "ok" if ratio <= TARGET_RATIO else "MISSED"
+        if verdict == "MISSED" and args.n >= 10_000:
+            problems.append(f"(s)/(r) = {ratio:.2f}, target <= {TARGET_RATIO} at N = 10000")
         print("\n=== bench_dask summary ===")
         rows = [
             ("N records / steps", f"{args.n} / {steps}"),

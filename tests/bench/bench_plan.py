@@ -14,18 +14,22 @@ the best of 3 with `time.perf_counter`:
 (d) the floor: a bare `os.stat` of every record's raw, count and mean files;
 
 and the peak RSS of a separate process that only plans. Then, as whole processes (wall clock,
-best of 3, peak RSS from GNU `/usr/bin/time` when there is one), with the same record
-touched:
+median of 3 run alternately, peak RSS from GNU `/usr/bin/time` when there is one), with the
+same record touched:
 
 (e) `snakemake -n` over an equivalent Snakefile (two rules, one job per record);
 (f) `sinagot status --stale`.
 
-(e)/(f) need snakemake: `pip install -e '.[bench]'`; without it they are skipped.
+(e)/(f) need snakemake: `pip install -e '.[bench]'`; without it the benchmark fails, unless
+`--no-peer` says to skip them. They run REPEAT times each, alternately, and the medians are
+compared.
 
 `--workdir DIR` keeps the workspace and reuses it when it already holds N records (so repeated
 runs at large N neither rebuild nor rerun); without it a temporary folder is used, removed at
 the end unless `--keep`. `--profile` also prints a cProfile of one (a), top 15 by tottime.
-The touched file gets its mtime back at the end. Exit status 1 when a check fails.
+The touched file gets its mtime back at the end. Exit status 1 when a check fails or a
+target is missed ((c) < 5 ms, planning RSS < 400 MB; at N >= 10,000 (a)/(d) <= 3 and
+(e)/(f) >= 40). Subprocesses run without SINAGOT*_ and DASK_ variables: the defaults.
 """
 
 from __future__ import annotations
@@ -46,13 +50,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple, TypeVar
 
-from _common import load_make_dataset, machine
+from _common import clean_env, load_make_dataset, machine
 
 from sinagot.engine import Engine
 from sinagot.layout import Scope, Unit
 
 ROOT = Path(__file__).resolve().parents[2]
 REPEAT = 3
+PEER_TARGET = 40  # (e)/(f): snakemake's dry run against `sinagot status --stale`
 T = TypeVar("T")
 
 SNAKEFILE = """\
@@ -234,7 +239,9 @@ def run_process(cmd: list[str], cwd: Path) -> Proc:
     with tempfile.TemporaryFile("w+") as out, tempfile.NamedTemporaryFile("r") as rss:
         timed = [GNU_TIME, "-f", "%M", "-o", rss.name, *cmd] if has_gnu_time() else cmd
         start = time.perf_counter()
-        returncode = subprocess.run(timed, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(
+            timed, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=clean_env()
+        ).returncode
         took = time.perf_counter() - start
         out.seek(0)
         peak = rss.read().split()
@@ -245,12 +252,11 @@ def has_gnu_time() -> bool:
     return os.access(GNU_TIME, os.X_OK)
 
 
-def best_process(cmd: list[str], cwd: Path) -> Proc:
-    """The fastest of REPEAT runs; the RSS reported is the largest seen."""
-    runs = [run_process(cmd, cwd) for _ in range(REPEAT)]
-    best = min(runs, key=lambda run: run.seconds)
+def median_process(runs: list[Proc]) -> Proc:
+    """The median run by time; the RSS reported is the largest seen."""
+    middle = sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
     peaks = [run.max_rss_kib for run in runs if run.max_rss_kib is not None]
-    return best._replace(max_rss_kib=max(peaks) if peaks else None)
+    return middle._replace(max_rss_kib=max(peaks) if peaks else None)
 
 
 def tool(name: str) -> list[str]:
@@ -259,15 +265,19 @@ def tool(name: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", name]
 
 
-def snakemake_dry_run(dest: Path) -> Proc:
+def side_by_side(dest: Path) -> tuple[Proc, Proc]:
+    """(e) and (f), REPEAT runs each in alternating order (a machine's mood is shared by
+    both); the median run of each."""
     (dest / "Snakefile").write_text(SNAKEFILE)
     snakefile = str(dest / "Snakefile")
-    cmd = [*tool("snakemake"), "-n", "--cores", "1", "--quiet", "rules", "-s", snakefile]
-    return best_process(cmd, dest / "dataset")
-
-
-def sinagot_status(dest: Path) -> Proc:
-    return best_process([*tool("sinagot"), "status", "--stale", str(dest)], dest)
+    snake_cmd = [*tool("snakemake"), "-n", "--cores", "1", "--quiet", "rules", "-s", snakefile]
+    ours_cmd = [*tool("sinagot"), "status", "--stale", str(dest)]
+    snakes, ours = [], []
+    for round_ in range(REPEAT):
+        pair = [(snakes, snake_cmd, dest / "dataset"), (ours, ours_cmd, dest)]
+        for runs, cmd, cwd in pair if round_ % 2 == 0 else reversed(pair):
+            runs.append(run_process(cmd, cwd))
+    return median_process(snakes), median_process(ours)
 
 
 def snakemake_jobs(stdout: str) -> dict[str, int]:
@@ -291,6 +301,7 @@ def snakemake_jobs(stdout: str) -> dict[str, int]:
 
 class Report:
     def __init__(self, n: int) -> None:
+        self.n = n
         self.lines = [f"N = {n}"]
         self.problems: list[str] = []
 
@@ -305,7 +316,8 @@ class Report:
     def print(self) -> None:
         print("\n" + "\n".join(self.lines))
         print(f"machine: {machine()}")
-        print(f"all times: best of {REPEAT}; (a)-(d) in process, (e)/(f) whole processes")
+        print(f"all times: (a)-(d) best of {REPEAT} in process; (e)/(f) whole processes, "
+              f"the median of {REPEAT} each, run alternately")  # fmt: skip
         for problem in self.problems:
             print(f"PROBLEM: {problem}")
 
@@ -331,22 +343,25 @@ def measure_in_process(dest: Path, n: int, make_dataset: ModuleType, report: Rep
     secs_d, count = best_of(lambda: stat_floor(stat_paths(dest, ids)))
     report.add("(d) floor: os.stat loop", f"{secs_d:.3f} s ({count} paths)")
     report.add("(a)/(d)", f"{secs_a / secs_d:.1f}    (target <= 3)")
+    if n >= 10_000:  # below, fixed costs (a fresh Engine) dwarf the stats
+        report.check(secs_a / secs_d <= 3, f"(a)/(d) = {secs_a / secs_d:.1f}, target <= 3")
+    report.check(secs_c < 0.005, f"(c) {1000 * secs_c:.2f} ms, target < 5 ms")
     report.add(
         "planning peak RSS",
         f"{every:.0f} MB (target < 400 MB); stale only {stale:.0f} MB, after imports {base:.0f} MB",
     )
+    report.check(every < 400, f"planning peak RSS {every:.0f} MB, target < 400 MB")
     return target
 
 
 def measure_peer(dest: Path, target: str, report: Report) -> None:
     """(e) and (f), with the same raw file touched for both."""
     if importlib.util.find_spec("snakemake") is None:
-        print("snakemake not installed (pip install -e '.[bench]'): skipping (e)/(f)")
-        report.add("(e)/(f)", "skipped: snakemake not installed")
+        report.check(False, "(e)/(f) not measured: snakemake is not installed "
+                     "(pip install -e '.[bench]'; or --no-peer)")  # fmt: skip
         return
     with touched(raw_folder(dest) / f"{target}-raw.csv"):
-        snake = snakemake_dry_run(dest)
-        ours = sinagot_status(dest)
+        snake, ours = side_by_side(dest)
     jobs = snakemake_jobs(snake.stdout)
     report.check(snake.returncode == 0, f"(e) snakemake exited {snake.returncode}")
     report.check(
@@ -358,7 +373,10 @@ def measure_peer(dest: Path, target: str, report: Report) -> None:
     report.check(any(line.startswith("2 step(s)") for line in counts), f"(f) sinagot said {counts}")
     report.add("(e) snakemake -n", f"{snake.seconds:.2f} s, peak RSS {mb(snake)}")
     report.add("(f) sinagot status --stale", f"{ours.seconds:.2f} s, peak RSS {mb(ours)}")
-    report.add("(e)/(f)", f"{snake.seconds / ours.seconds:.0f}    (target >= 10 at N = 10000)")
+    ratio = snake.seconds / ours.seconds
+    report.add("(e)/(f)", f"{ratio:.0f}    (target >= {PEER_TARGET} at N >= 10000)")
+    if report.n >= 10_000:
+        report.check(ratio >= PEER_TARGET, f"(e)/(f) = {ratio:.0f}, target >= {PEER_TARGET}")
 
 
 def mb(proc: Proc) -> str:
@@ -376,6 +394,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="build (or reuse) the workspace here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     parser.add_argument("--profile", action="store_true", help="cProfile one (a) as well")
+    parser.add_argument("--no-peer", action="store_true", help="skip (e)/(f) (no snakemake)")
     args = parser.parse_args()
 
     make_dataset = load_make_dataset()
@@ -386,7 +405,8 @@ def main() -> int:
         prepare(dest, args.n, make_dataset)
         run_all(dest)
         target = measure_in_process(dest, args.n, make_dataset, report)
-        measure_peer(dest, target, report)
+        if not args.no_peer:
+            measure_peer(dest, target, report)
         report.print()
         if args.profile:
             profile_full_plan(dest)
