@@ -34,6 +34,7 @@ from sinagot.state import StateError
 from .alerts import load_notify
 from .arrivals import Arrivals
 from .monitor import Monitor
+from .retries import Retries
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
 from .settle import Settler
@@ -93,15 +94,13 @@ class Daemon:
         self.waiting: list[tuple[float, int, Unit]] = []  # heap: (-priority, seq, unit)
         self.waiting_plans: dict[Unit, list[StepPlan]] = {}
         self.dirty: set[Unit] = set()
-        self.retry_at: dict[Unit, float] = {}  # unit -> when to try again
-        self.backoff: dict[Unit, float] = {}  # unit -> the wait before its last retry
+        self.retries: Retries[Unit] = Retries()  # units whose steps could not run
         self.lost_generations: dict[Unit, str] = {}  # in flight when the cluster was lost
         self.failed_steps = 0
         self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
         self.unreadable: dict[str, str] = {}  # dataset path -> why it cannot be read (reported)
         self.unrecorded: set[str] = set()  # runs announced whose results the store refused
         self.later: dict[Unit, tuple[bool, str | None]] = {}  # busy unit -> (force, step) asked
-        self.attempts: dict[Unit, int] = {}  # runs of a unit that could not run, in a row
         self.stops = 0
         self.reload_requested = False
         self._ids = itertools.count()
@@ -340,11 +339,10 @@ class Daemon:
         if units:
             self.monitor.settled(units, now)
             for unit in units:  # its files changed: a retry need not wait any more
-                self.backoff.pop(unit, None)
-                self.attempts.pop(unit, None)
+                self.retries.forget(unit)
             self.replan(units)
-        for unit, when in list(self.retry_at.items()):
-            if now >= when and unit not in self.in_flight and self._paused_until is None:
+        for unit in self.retries.due(now):
+            if unit not in self.in_flight and self._paused_until is None:
                 self.replan([unit])
         if self._paused_until is not None and now >= self._paused_until:
             self._paused_until = None
@@ -430,7 +428,7 @@ class Daemon:
         """Queue units with stale steps, newest input first; drop those now up to date."""
         for unit in replanned:
             self.waiting_plans.pop(unit, None)
-            self.retry_at.pop(unit, None)
+            self.retries.cancel(unit)
         by_unit: dict[Unit, list[StepPlan]] = {}
         for plan in plans:
             by_unit.setdefault(plan.unit, []).append(plan)
@@ -582,17 +580,12 @@ class Daemon:
             return
         self.ws.forget(flight.results)
         if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
-            attempts = self.attempts.get(unit, 0) + 1
-            if attempts >= self.ws.config.max_attempts:
+            most = self.ws.config.max_attempts
+            attempts = self.retries.attempt(unit, self.clock(), self.settings.retry_seconds, most)
+            if attempts >= most:
                 self._give_up(flight, attempts)
-            else:
-                self.attempts[unit] = attempts
-                backoff = self.backoff.get(unit, self.settings.retry_seconds / 2) * 2
-                self.backoff[unit] = min(backoff, 3600.0)
-                self.retry_at[unit] = self.clock() + self.backoff[unit]
         else:
-            self.backoff.pop(unit, None)
-            self.attempts.pop(unit, None)
+            self.retries.forget(unit)
         if unit in self.dirty:
             self.dirty.discard(unit)
             force, only = self.later.pop(unit, (False, None))
@@ -602,8 +595,6 @@ class Daemon:
         """Steps that could not run `max_attempts` times in a row are recorded as failed:
         ERROR in `sinagot status`, not retried until an input or the script changes."""
         unit = flight.submitted.unit
-        self.attempts.pop(unit, None)
-        self.backoff.pop(unit, None)
         # Steps that ended before their worker died may not have been heard of: their
         # receipts say so. The first step with neither a result nor a receipt is at fault;
         # those after it never began.
@@ -764,6 +755,7 @@ class Daemon:
     def shutdown(self) -> int:
         """Stop taking work; let running steps finish within the grace period; record."""
         once = self.options.once and not self.stops
+        first = self.stops  # a second signal from now on, however soon, stops at once
         if not once:
             withdrawn = self._withdraw()
             self.log.info("daemon.stopping", in_flight=len(self.in_flight), withdrawn=withdrawn)
@@ -774,7 +766,6 @@ class Daemon:
             self.watcher.stop()
         self.units_settle.close()  # no `arriving.json` left behind
         deadline = self.clock() + self.settings.stop_grace_seconds
-        first = self.stops
         while self.in_flight and self.clock() < deadline and self.stops <= max(first, 1):
             try:
                 message = self.messages.get(timeout=TICK)

@@ -55,7 +55,7 @@ def for_people(
 ) -> structlog.typing.EventDict:
     """Console lines only (JSON keeps every key, a contract): leave out empty fields
     (`task=None` in a workspace without tasks) and say lists as text."""
-    for key in [k for k, v in event.items() if v is None]:
+    for key in [k for k, v in event.items() if v is None or v == [] or v == ""]:
         del event[key]
     for key, value in event.items():
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):

@@ -200,13 +200,23 @@ class Watcher:
         return all(emitter.is_alive() for emitter in observer.emitters)
 
     def stop(self) -> None:
-        for name in WATCHDOG_LOGGERS:
-            logging.getLogger(name).removeHandler(self._errors)
-        if self._observer is not None:
-            self._observer.stop()
-            if self._observer.is_alive():
-                self._observer.join(timeout=5)
-            self._observer = None
+        """Stop watching. What watchdog says while its threads wind down ("queue_events()
+        called when the thread is inactive") is shutdown noise: neither a `watch.error` nor
+        a line on stderr (Python's last-resort handler, with no handler left)."""
+        loggers = [logging.getLogger(name) for name in WATCHDOG_LOGGERS]
+        quiet = logging.NullHandler()
+        for logger in loggers:
+            logger.addHandler(quiet)
+            logger.removeHandler(self._errors)
+        try:
+            if self._observer is not None:
+                self._observer.stop()
+                if self._observer.is_alive():
+                    self._observer.join(timeout=5)
+                self._observer = None
+        finally:
+            for logger in loggers:
+                logger.removeHandler(quiet)
 
     def restart(self) -> None:
         self.stop()

@@ -329,6 +329,21 @@ def test_two_copies_of_a_dataset_on_one_scheduler_both_get_their_outputs(tmp_pat
     assert not errors
     assert len(results(first)) == 9  # 3 raw files, 6 outputs
     assert results(second) == results(first)
+    # The runs overlapped (else sharing the scheduler proves nothing): the second began
+    # before the first's last step ended.
+    from datetime import datetime
+
+    def log_times(workspace: Path, keep) -> list[datetime]:
+        return [
+            datetime.fromisoformat(e["time"])
+            for rid in HARBOR_IDS
+            for e in log_entries(workspace, rid)
+            if keep(e)
+        ]
+
+    first_ended = max(log_times(first, lambda e: e["step_status"] == StepStatus.DONE))
+    second_began = min(log_times(second, lambda e: e["message"] == "Init run"))
+    assert second_began < first_ended, (second_began, first_ended)
 
 
 # -- failures stay in their unit -----------------------------------------------------------

@@ -5,7 +5,8 @@
 Prints N `\\r`-separated progress updates (default 40000, no newline until the end) through
 `sinagot.capture.output_to`, then 4 N, and reports the time per update of each. Capture is
 linear when both are about the same; it used to be quadratic (14 s for 40000). Exit status 1
-when the lines captured are not the last update alone, or 4 N costs over 8 times N.
+when the lines captured are not the last update alone, or (at N >= 40000, where the times are
+not milliseconds of noise) 4 N costs over 8 times N.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from _common import machine
 
 from sinagot.capture import output_to
+
+LINEAR_AT = 40000  # the linearity target counts from this N on; below, only the answers
 
 
 def capture(n: int) -> tuple[float, list[str]]:
@@ -39,9 +42,12 @@ def main() -> int:
     print(machine())
     if not ok:
         print(f"FAILED: captured {reprlib.repr(lines)} and {reprlib.repr(more)}")
-    if large > 8 * small:
+    linear = large <= 8 * small or n < LINEAR_AT
+    if not linear:
         print(f"FAILED: 4 N cost {large / small:.1f} times N (not linear)")
-    return 0 if ok and large <= 8 * small else 1
+    elif large > 8 * small:
+        print(f"4 N cost {large / small:.1f} times N (target <= 8 at N >= {LINEAR_AT})")
+    return 0 if ok and linear else 1
 
 
 if __name__ == "__main__":

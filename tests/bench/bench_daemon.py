@@ -2,6 +2,7 @@
 
     python tests/bench/bench_daemon.py [--part a|b|c|all] [--workdir DIR] [--n-big 100000]
                                        [--drops 200] [--burst 10000] [--prepare once|run]
+                                       [--small 1000]
 
 Each part writes a harbor-like workspace (`example/make_dataset.py`, trivial plain-Python
 steps) with `[daemon] settle_seconds = 0.2` and `[dask] n_workers = 2, threads_per_worker =
@@ -28,6 +29,11 @@ it was completely written, so
     once. Checks that every step finished once (20,000 `step.finished`, no (record, step)
     twice, every output there) and measures the time from the end of the writes (and from
     their start) to `daemon.idle`.
+
+`--small` (1,000) sets the size of the small workspaces of (a), (b) and (c). The targets are
+for the sizes they name: (a)'s at `--small` 1,000 or more, (b)'s at `--n-big` 100,000 or more;
+below, their figures are printed but miss nothing (a smoke run, tests/test_bench_smoke.py,
+checks every answer at a tiny size). The checks of answers apply at every size.
 
 After each part the daemon gets SIGTERM (its exit code and time to exit are printed), then
 its process group is killed. Warnings, errors and stderr lines of the daemon are printed as
@@ -60,7 +66,8 @@ from _common import clean_env, load_make_dataset, machine
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLE = 0.2
-SMALL = 1000
+SMALL = 1000  # the small workspaces' default size: (a)'s target is for it
+BIG = 100_000  # (b)'s targets are for this many records
 LAST_STEP = "mean"  # the harbor's steps: count, then mean
 SETTINGS = f"""
 [dask]
@@ -325,7 +332,11 @@ class Report:
         self.rows.append((label, value))
         print(f"  {label}: {value}", flush=True)
 
-    def target(self, ok: bool, what: str) -> str:
+    def target(self, ok: bool, what: str, applies: bool = True) -> str:
+        """A target counts only at the size it names: below, fixed costs and noise dominate,
+        and a smoke run at that size must not fail on them (its answers are still checked)."""
+        if not applies:
+            return "ok" if ok else "missed (not applied below the size the target names)"
         if not ok:
             self.problems.append(f"target missed: {what}")
         return "ok" if ok else "MISSED"
@@ -359,22 +370,27 @@ class Report:
 # -- the parts ----------------------------------------------------------------------------
 
 
-def part_a(tmp: Path, drops: int, report: Report) -> None:
-    print(f"\n(a) latency, {drops} files one at a time into {SMALL} up-to-date records")
-    dest = build(tmp / "a", SMALL)
+def part_a(tmp: Path, drops: int, small: int, report: Report) -> None:
+    print(f"\n(a) latency, {drops} files one at a time into {small} up-to-date records")
+    dest = build(tmp / "a", small)
     daemon, _, until_idle = start_until_idle(dest, tmp, 600)
     try:
-        report.add("(a) first scan of 1,000 new records", f"idle {until_idle:.1f} s after start")
+        report.add(
+            f"(a) first scan of {small:,} new records", f"idle {until_idle:.1f} s after start"
+        )
         submit, finish = [], []
         for k in range(drops):
-            s, f = drop_one(daemon, dest, SMALL + k)
+            s, f = drop_one(daemon, dest, small + k)
             submit.append(s)
             finish.append(f)
         p50 = percentile(submit, 50)
-        verdict = report.target(p50 < 0.050, f"(a) p50 submit latency {ms(p50)} >= 50 ms")
+        verdict = report.target(
+            p50 < 0.050, f"(a) p50 submit latency {ms(p50)} >= 50 ms", applies=small >= SMALL
+        )
         report.add(
             "(a) submit latency beyond settle p50 / p95",
-            f"{ms(p50)} / {ms(percentile(submit, 95))}  (target p50 < 50 ms): {verdict}",
+            f"{ms(p50)} / {ms(percentile(submit, 95))}  (target p50 < 50 ms at {SMALL:,}"
+            f" records): {verdict}",
         )
         report.add(
             "(a) finish latency beyond settle p50 / p95",
@@ -451,7 +467,9 @@ def prepare_big(dest: Path, n: int, how: str, tmp: Path, report: Report) -> None
     print(f"bringing {n} records up to date: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     with (tmp / "prepare.out").open("w+") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        code = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), check=False
+        ).returncode
         out.seek(0)
         lines = out.read().splitlines()
     took = time.perf_counter() - start
@@ -462,44 +480,48 @@ def prepare_big(dest: Path, n: int, how: str, tmp: Path, report: Report) -> None
     write_config(dest)
 
 
-def part_b(tmp: Path, workdir: Path | None, n_big: int, how: str, report: Report) -> None:
-    print(f"\n(b) {n_big} up-to-date records: startup, memory, latency against {SMALL}")
-    small_ws = build(tmp / "b-small", SMALL)
+def part_b(
+    tmp: Path, workdir: Path | None, n_big: int, how: str, n_small: int, report: Report
+) -> None:
+    print(f"\n(b) {n_big} up-to-date records: startup, memory, latency against {n_small}")
+    small_ws = build(tmp / "b-small", n_small)
     # The first scan brings the small workspace up to date; then a second daemon is measured,
     # so that both sizes are measured on a daemon that found nothing to do at startup.
     daemon, _, until_idle = start_until_idle(small_ws, tmp, 600)
-    report.add("(b) 1,000: first scan of new records", f"idle {until_idle:.1f} s after start")
-    report.daemon_done("(b) 1,000 first scan", daemon)
-    small = latency_of_five(small_ws, SMALL, tmp, report, "1,000")
+    label = f"{n_small:,}"
+    report.add(f"(b) {label}: first scan of new records", f"idle {until_idle:.1f} s after start")
+    report.daemon_done(f"(b) {label} first scan", daemon)
+    small = latency_of_five(small_ws, n_small, tmp, report, label)
 
     big_ws = (workdir or tmp / "b-big").resolve()
     big_ws.mkdir(parents=True, exist_ok=True)
     prepare_big(big_ws, n_big, how, tmp, report)
     big = latency_of_five(big_ws, n_big, tmp, report, f"{n_big:,}")
 
-    ok = report.target(big.startup < 30, f"(b) startup {big.startup:.1f} s >= 30 s")
+    at = n_big >= BIG
+    ok = report.target(big.startup < 30, f"(b) startup {big.startup:.1f} s >= 30 s", at)
     report.add(f"(b) {n_big:,}: startup", f"{big.startup:.2f} s  (target < 30 s): {ok}")
-    ok = report.target(big.rss < 300, f"(b) RSS {big.rss:.0f} MB >= 300 MB")
+    ok = report.target(big.rss < 300, f"(b) RSS {big.rss:.0f} MB >= 300 MB", at)
     report.add(f"(b) {n_big:,}: daemon RSS", f"{big.rss:.0f} MB  (target < 300 MB): {ok}")
     for what, big_v, small_v in (
         ("submit", big.submit, small.submit),
         ("finish", big.finish, small.finish),
     ):
         ratio = big_v / small_v if small_v > 0 else float("inf")
-        ok = report.target(ratio <= 2, f"(b) {what} latency ratio {ratio:.2f} > 2")
+        ok = report.target(ratio <= 2, f"(b) {what} latency ratio {ratio:.2f} > 2", at)
         report.add(
-            f"(b) median {what} latency {n_big:,} / 1,000",
-            f"{ms(big_v)} / {ms(small_v)} = {ratio:.2f}  (target <= 2): {ok}",
+            f"(b) median {what} latency {n_big:,} / {label}",
+            f"{ms(big_v)} / {ms(small_v)} = {ratio:.2f}  (target <= 2 at {BIG:,}): {ok}",
         )
 
 
-def part_c(tmp: Path, burst: int, report: Report) -> None:
-    print(f"\n(c) {burst} files at once into {SMALL} up-to-date records")
-    dest = build(tmp / "c", SMALL)
+def part_c(tmp: Path, burst: int, small: int, report: Report) -> None:
+    print(f"\n(c) {burst} files at once into {small} up-to-date records")
+    dest = build(tmp / "c", small)
     daemon, _, _ = start_until_idle(dest, tmp, 600)
     try:
         mark = daemon.count()
-        numbers = range(SMALL, SMALL + burst)
+        numbers = range(small, small + burst)
         ids = {MAKE.record_id(x) for x in numbers}
         start = time.time()
         MAKE.add_records(dest, numbers)
@@ -595,6 +617,9 @@ def main() -> int:
         default="once",
         help="bring (b)'s dataset up to date with `sinagotd --once` or `sinagot run`",
     )
+    parser.add_argument(
+        "--small", type=int, default=SMALL, help="records in the small workspaces of (a)-(c)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
 
@@ -603,11 +628,11 @@ def main() -> int:
     parts = "abc" if args.part == "all" else args.part
     try:
         if "a" in parts:
-            part_a(tmp, args.drops, report)
+            part_a(tmp, args.drops, args.small, report)
         if "c" in parts:
-            part_c(tmp, args.burst, report)
+            part_c(tmp, args.burst, args.small, report)
         if "b" in parts:
-            part_b(tmp, args.workdir, args.n_big, args.prepare, report)
+            part_b(tmp, args.workdir, args.n_big, args.prepare, args.small, report)
     except (TimeoutError, RuntimeError) as exc:
         report.problems.append(f"aborted: {exc}")
     finally:

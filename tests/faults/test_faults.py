@@ -212,11 +212,8 @@ def test_dask_scheduler_killed_then_restarted_steps_finish_meanwhile(make_lab):
     on their (closing) workers during the outage and leave receipts; a new scheduler starts
     on the same port with new workers; the daemon logs cluster.reconnected, takes the
     receipts instead of running those steps again, and runs the rest: every step once.
-
-    When the Dask client gave up, sinagotd used to die, now and then, of ClosedClientError
-    (a race, made certain by test_dask_scheduler_gone_while_the_daemon_loop_is_busy; fixed
-    in 4e6ad2f): should it die so, it is started again, as systemd's Restart=on-failure
-    would, and the books must balance all the same."""
+    The daemon must not die (a client closed under a submit is a lost cluster:
+    tests/test_daemon_paths.py)."""
     lab = make_lab(2)
     cluster = start_cluster(lab, port=free_port())
     daemon = lab.daemon("--scheduler", cluster.address)
@@ -230,14 +227,8 @@ def test_dask_scheduler_killed_then_restarted_steps_finish_meanwhile(make_lab):
         lab.wait_started(rid, "count")
     mark = daemon.mark()
     cluster.stop_scheduler(signal.SIGKILL)  # a crash: no goodbye to workers or clients
-    try:
-        lost = daemon.wait_for("cluster.lost", since=mark, timeout=60)
-    except FaultError:
-        if daemon.proc.poll() is None or "ClosedClientError" not in daemon.stderr():
-            raise
-        lost = None  # the known crash: see the docstring
-    if lost is not None:
-        assert lost["scheduler"] == cluster.address and lost["in_flight"] >= 1, lost
+    lost = daemon.wait_for("cluster.lost", since=mark, timeout=60)
+    assert lost["scheduler"] == cluster.address and lost["in_flight"] >= 1, lost
     lab.add([4])
     lab.release()
     for rid in running:
@@ -247,11 +238,8 @@ def test_dask_scheduler_killed_then_restarted_steps_finish_meanwhile(make_lab):
         )  # fmt: skip
 
     restart_cluster(cluster)
-    if lost is None or daemon.proc.poll() is not None:
-        daemon = lab.daemon("--scheduler", cluster.address)  # as systemd would
-    else:
-        back = daemon.wait_for("cluster.reconnected", since=mark, timeout=60)
-        assert back["scheduler"] == cluster.address
+    back = daemon.wait_for("cluster.reconnected", since=mark, timeout=60)
+    assert back["scheduler"] == cluster.address
     books = lab.settle(timeout=60, unreported_ok=[(rid, "count") for rid in running])
     for rid in [*running, while_away]:
         assert books.runs[(rid, "count")] == books.runs[(rid, "mean")] == 1
