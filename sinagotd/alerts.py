@@ -27,7 +27,6 @@ import collections
 import contextlib
 import difflib
 import json
-import math
 import os
 import queue
 import re
@@ -48,6 +47,8 @@ from urllib.parse import urlsplit
 from sinagot import __version__
 from sinagot.config import Config
 from sinagot.errors import ConfigError
+
+from .settings import seconds
 
 USER_AGENT = f"sinagot/{__version__} (sinagotd alerts)"
 ENV_PREFIX = "SINAGOTD_NOTIFY_"
@@ -196,21 +197,7 @@ def _url(_key: str, value: Any, where: str, _env: bool) -> str | None:
 
 
 def _seconds(key: str, value: Any, where: str, _env: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{where}: expected a number of seconds, found {_show(value)}")
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigError(f"{where}: expected a number of seconds, found {value!r}") from None
-    low, low_allowed, high = RANGES[key]
-    if not math.isfinite(seconds):
-        raise ConfigError(f"{where}: expected a finite number of seconds, found {value!r}")
-    if seconds < low or (seconds == low and not low_allowed):
-        bound = "must not be negative" if low_allowed else f"must be above {low:g}"
-        raise ConfigError(f"{where}: {bound}, found {value!r}")
-    if seconds > high:
-        raise ConfigError(f"{where}: must be at most {high:g} seconds, found {value!r}")
-    return seconds
+    return seconds(value, where, RANGES[key], show=_show)
 
 
 def _port(_key: str, value: Any, where: str, env: bool) -> int:

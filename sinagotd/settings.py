@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ def load_settings(config: Config, **flags: Any) -> DaemonSettings:
         elif name == "status_port":
             values[name] = _port(value, where)
         else:
-            values[name] = _seconds(name, value, where)
+            values[name] = seconds(value, where, RANGES[name])
     return DaemonSettings(**values, log_format=flags.get("log_format"))
 
 
@@ -85,14 +86,19 @@ def _lookup(config: Config, name: str, flag: Any) -> tuple[Any, str] | None:
     return None
 
 
-def _seconds(name: str, value: Any, where: str) -> float:
+def seconds(
+    value: Any, where: str, bounds: tuple[float, bool, float], show: Callable[[Any], str] = repr
+) -> float:
+    """A number of seconds within `bounds` (lowest, whether the lowest is allowed, highest),
+    from TOML or an environment variable's text; a refusal names `where` (and shows a
+    value that is not a number with `show`)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{where}: expected a number of seconds, found {value!r}")
+        raise ConfigError(f"{where}: expected a number of seconds, found {show(value)}")
     try:
         seconds = float(value)
     except ValueError:
         raise ConfigError(f"{where}: expected a number of seconds, found {value!r}") from None
-    low, low_allowed, high = RANGES[name]
+    low, low_allowed, high = bounds
     if not math.isfinite(seconds):
         raise ConfigError(f"{where}: expected a finite number of seconds, found {value!r}")
     if seconds < low or (seconds == low and not low_allowed):

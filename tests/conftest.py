@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from faults.harness import Lab
 from test_daemon import sinagotd, ws  # noqa: F401  (fixtures: a real daemon, for any test file)
 
 # Every sinagotd a test starts serves its status page on a free port: never on the default
@@ -64,3 +66,19 @@ def load_generator():
 def make_workspace():
     """`make_workspace(dest, n, trivial=True, start=0)` from example/make_dataset.py."""
     return load_generator().make_workspace
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
+    """Make labs (workspace + control folder + processes); every process group they
+    started is killed afterwards, holds released, cleanups run."""
+    labs: list[Lab] = []
+
+    def make(n: int, **settings: float) -> Lab:
+        lab = Lab.create(tmp_path / f"lab{len(labs)}", n, **settings)
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.close()

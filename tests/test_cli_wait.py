@@ -10,21 +10,18 @@ Also `requests.Waiter`'s rules on rows as the state store holds them, without pr
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_cli import fail_for, init_runs, sinagot, sinagot_command, status_json
+from test_daemon import Sinagotd
 
 from sinagot.layout import Unit
 from sinagot.requests import NOT_RUN_ERROR, RunRow, Waiter
@@ -34,91 +31,6 @@ from sinagot.state import run_key
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="signals, process groups, AF_UNIX"
 )
-
-LIGHT_DASK = '\n[dask]\nn_workers = 1\ndashboard_address = ":0"\n'
-_EOF = object()
-
-
-class Daemon:
-    """A sinagotd process and its events, read in order as it writes them."""
-
-    def __init__(self, workspace: Path, stderr: Path) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SINAGOT_DASK_ADDRESS")
-            and not k.startswith(("SINAGOTD_", "DASK_"))
-        }
-        self._stderr = stderr.open("wb")
-        self.stderr_path = stderr
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sinagotd", str(workspace), "--log-format", "json",
-             "--settle-seconds", "0.3"],
-            stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True,
-        )  # fmt: skip
-        self.events: list[dict[str, Any]] = []
-        self._queue: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self._queue.put(json.loads(raw))
-        self._queue.put(_EOF)
-
-    def wait_for(self, name: str, timeout: float = 60, **keys: Any) -> dict[str, Any]:
-        """The next event `name` with these key values (events passed are kept)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                seen = "\n".join(json.dumps(e) for e in self.events[-30:])
-                stderr = self.stderr_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"no {name} {keys} within {timeout} s; last events:\n{seen}\n"
-                            f"stderr:\n{stderr}", pytrace=False)  # fmt: skip
-            try:
-                event = self._queue.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                continue
-            if event is _EOF:
-                pytest.fail(f"sinagotd exited before {name} {keys}", pytrace=False)
-            self.events.append(event)
-            if event.get("event") == name and all(event.get(k) == v for k, v in keys.items()):
-                return event
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon and its Dask workers
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(workspace: Path) -> Daemon:
-        one = Daemon(workspace, tmp_path / f"sinagotd-{len(started)}.stderr")
-        started.append(one)
-        return one
-
-    yield start
-    for one in started:
-        one.close()
-
-
-@pytest.fixture
-def ws(harbor: Path) -> Path:
-    """example/harbor with a light embedded cluster."""
-    with (harbor / "workspace.toml").open("a") as file:
-        file.write(LIGHT_DASK)
-    return harbor
 
 
 def hold_count(ws: Path) -> Path:
@@ -132,11 +44,11 @@ def hold_count(ws: Path) -> Path:
     return hold
 
 
-def ready(daemon: Callable[[Path], Daemon], ws: Path) -> Daemon:
+def ready(sinagotd: Callable[[Path], Sinagotd], ws: Path) -> Sinagotd:
     """A daemon that has processed what was due at its start."""
-    one = daemon(ws)
-    one.wait_for("daemon.ready")
-    one.wait_for("daemon.idle")
+    one = sinagotd(ws)
+    one.wait_for("daemon.ready", timeout=60)
+    one.wait_for("daemon.idle", timeout=60)
     return one
 
 
@@ -151,9 +63,9 @@ def start_wait(ws: Path, *args: str) -> subprocess.Popen:
 # -- against a real daemon ------------------------------------------------------------------
 
 
-def test_wait_returns_when_the_queued_steps_are_done(ws, daemon):
-    sinagotd = ready(daemon, ws)
-    pid = sinagotd.proc.pid
+def test_wait_returns_when_the_queued_steps_are_done(ws, sinagotd):
+    daemon = ready(sinagotd, ws)
+    pid = daemon.proc.pid
 
     done = sinagot("run", ws, "--wait", "--force", "--record", "REC-20200601")
 
@@ -168,7 +80,7 @@ def test_wait_returns_when_the_queued_steps_are_done(ws, daemon):
     assert init_runs(ws / "dataset", "REC-20200601") == ["count", "mean"] * 2
     rows = status_json(ws, "--record", "REC-20200601")
     assert [(r["step"], r["status"]) for r in rows] == [("count", "DONE"), ("mean", "DONE")]
-    sinagotd.wait_for("run.requested", wait=True, steps=2, busy=0)
+    daemon.wait_for("run.requested", wait=True, steps=2, busy=0, timeout=60)
 
     # Nothing due: nothing queued, nothing to wait for.
     again = sinagot("run", ws, "--wait")
@@ -177,9 +89,9 @@ def test_wait_returns_when_the_queued_steps_are_done(ws, daemon):
     assert again.stdout.splitlines()[-1] == "0 step(s) done, 0 failed"
 
 
-def test_wait_exits_1_and_names_the_failed_step_and_the_skipped_one(ws, daemon):
+def test_wait_exits_1_and_names_the_failed_step_and_the_skipped_one(ws, sinagotd):
     fail_for(ws / "scripts" / "count.py", "REC-20200602", "bad boat")
-    ready(daemon, ws)  # it ran everything once already: REC-20200602's count failed
+    ready(sinagotd, ws)  # it ran everything once already: REC-20200602's count failed
 
     done = sinagot("run", ws, "--wait", "--force")
 
@@ -191,9 +103,9 @@ def test_wait_exits_1_and_names_the_failed_step_and_the_skipped_one(ws, daemon):
     assert "Traceback" not in done.stderr
 
 
-def test_timeout_exits_1_naming_what_still_waits_and_the_daemon_goes_on(ws, daemon):
+def test_timeout_exits_1_naming_what_still_waits_and_the_daemon_goes_on(ws, sinagotd):
     hold = hold_count(ws)
-    sinagotd = ready(daemon, ws)
+    daemon = ready(sinagotd, ws)
     hold.touch()
     try:
         began = time.monotonic()
@@ -209,20 +121,20 @@ def test_timeout_exits_1_naming_what_still_waits_and_the_daemon_goes_on(ws, daem
     ]
     assert took < 30
     # Nothing was cancelled: the daemon runs them once the hold is lifted.
-    sinagotd.wait_for("step.finished", record_id="REC-20200603", step="mean")
+    daemon.wait_for("step.finished", record_id="REC-20200603", step="mean", timeout=60)
 
 
-def test_a_unit_in_flight_is_waited_for_until_its_forced_rerun_ends(ws, daemon):
+def test_a_unit_in_flight_is_waited_for_until_its_forced_rerun_ends(ws, sinagotd):
     hold = hold_count(ws)
-    sinagotd = ready(daemon, ws)
+    daemon = ready(sinagotd, ws)
     hold.touch()
     waiting = None
     try:
         first = sinagot("run", ws, "--force", "--record", "REC-20200601")
         assert first.returncode == 0, first.stdout + first.stderr
-        sinagotd.wait_for("step.submitted", record_id="REC-20200601", step="mean")
+        daemon.wait_for("step.submitted", record_id="REC-20200601", step="mean", timeout=60)
         waiting = start_wait(ws, "--force", "--record", "REC-20200601")
-        sinagotd.wait_for("run.requested", wait=True, busy=1, steps=0)
+        daemon.wait_for("run.requested", wait=True, busy=1, steps=0, timeout=60)
         assert waiting.poll() is None, "it waits while the unit is on the cluster"
     finally:
         hold.unlink()
@@ -236,13 +148,13 @@ def test_a_unit_in_flight_is_waited_for_until_its_forced_rerun_ends(ws, daemon):
     assert init_runs(ws / "dataset", "REC-20200601") == ["count", "mean"] * 3
 
 
-def test_ctrl_c_stops_the_wait_and_not_the_steps(ws, daemon):
+def test_ctrl_c_stops_the_wait_and_not_the_steps(ws, sinagotd):
     hold = hold_count(ws)
-    sinagotd = ready(daemon, ws)
+    daemon = ready(sinagotd, ws)
     hold.touch()
     try:
         waiting = start_wait(ws, "--force", "--record", "REC-20200602")
-        sinagotd.wait_for("step.submitted", record_id="REC-20200602", step="count")
+        daemon.wait_for("step.submitted", record_id="REC-20200602", step="count", timeout=60)
         waiting.send_signal(signal.SIGINT)
         out, err = waiting.communicate(timeout=60)
     finally:
@@ -250,7 +162,7 @@ def test_ctrl_c_stops_the_wait_and_not_the_steps(ws, daemon):
     assert waiting.returncode == 130, out + err
     assert "nothing was cancelled" in err
     assert "Traceback" not in err
-    sinagotd.wait_for("step.finished", record_id="REC-20200602", step="mean")
+    daemon.wait_for("step.finished", record_id="REC-20200602", step="mean", timeout=60)
 
 
 # -- without a daemon, and usage ------------------------------------------------------------

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +40,6 @@ pytestmark = pytest.mark.skipif(
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 GRACE = 60  # seconds: far longer than any wait below, so that a stop within it is seen
-
-
-@pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
-    """tests/faults' labs (held steps, external clusters, the books); all killed after."""
-    labs: list[Lab] = []
-
-    def make(n: int, **settings: float) -> Lab:
-        lab = Lab.create(tmp_path / f"lab{len(labs)}", n, **settings)
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        lab.close()
 
 
 def run_sinagotd(workspace: Path, *flags: str, env: dict[str, str], timeout: float = 90):

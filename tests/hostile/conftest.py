@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults.conftest import make_lab  # noqa: F401  (a fixture, shared with the fault suite)
 from faults.harness import DaemonRun, Lab
 
 if not sys.platform.startswith("linux"):
