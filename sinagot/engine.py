@@ -469,7 +469,9 @@ class Engine:
 
                 address = resolve_address(self._scheduler, self.config.dask)
                 self._executor = DaskExecutor(
-                    lambda: connect(address, self.config.dask), self.config.dask.max_in_flight
+                    lambda: connect(address, self.config.dask),
+                    self.config.dask.max_in_flight,
+                    self.store.step_durations,
                 )
             else:
                 self._executor = LocalExecutor()

@@ -3,11 +3,13 @@
 Both take *chains*: the steps of one unit that must run, in order. A failure ends its own
 chain (the later steps are reported skipped) and never touches the others.
 
-On Dask, a chain is one task (`run_chain`), not one task per step: a task costs the
-scheduler and the workers about a millisecond whatever it does, and a unit's steps run one
-after the other on one worker anyway. Each step's result still reaches the submitter as
-soon as the step ends (at most `PROGRESS_DELAY` later), through Dask's pub/sub (`Publish`),
-so a long chain's first steps are recorded when they end, not when the chain does.
+On Dask, a task runs whole chains (`run_chains`), not one step: a task costs the scheduler
+and the workers about a millisecond whatever it does, and a unit's steps run one after the
+other on one worker anyway. Units of quick steps share a task, sized from how long their
+steps took before (`sinagot.batching`); a long unit has a task of its own. Each step's
+result still reaches the submitter as soon as the step ends (at most `PROGRESS_DELAY`
+later), through Dask's pub/sub (`Publish`), so a task's first steps are recorded when they
+end, not when the task does.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import os
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .batching import Durations, StepKind, group, kind
 from .runner import Outcome, StepJob, StepResult, one_line, run_after, run_step
 
 if TYPE_CHECKING:
@@ -37,6 +40,10 @@ Chain = Sequence[StepJob]
 PROGRESS_DELAY = 0.5
 #: Seconds the submitter waits for more results after one, to record them together.
 GATHER_WINDOW = 0.02
+#: Units of steps never timed that may be out at once, each a task of its own.
+PROBES = 8
+#: Seconds the count of the cluster's worker threads is trusted (workers come and go).
+THREADS_TTL = 10.0
 #: A chain to run and the name of this run of it (see `chain_token`).
 Named = tuple[Chain, str]
 #: Called with chains just before any of their steps may start (the store marks them then).
@@ -55,17 +62,25 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def run_chain(chain: Chain, report: Callable[[StepResult | None], None]) -> list[StepResult]:
+def run_chain(chain: Chain, report: Callable[[StepResult], None]) -> list[StepResult]:
     """Run a unit's steps in order, each once the one before succeeded, telling `report` of
-    each as it ends, then None: the chain ended. The task a Dask worker runs for a unit."""
+    each as it ends."""
     results: list[StepResult] = []
+    for job in chain:
+        results.append(run_after(job, results[-1]) if results else run_step(job))
+        report(results[-1])
+    return results
+
+
+def run_chains(
+    chains: Sequence[Chain], report: Callable[[StepResult | None], None]
+) -> list[list[StepResult]]:
+    """Run units' chains one after the other, then tell `report` None: the task a Dask
+    worker runs for a few units (or one)."""
     try:
-        for job in chain:
-            results.append(run_after(job, results[-1]) if results else run_step(job))
-            report(results[-1])
+        return [run_chain(chain, report) for chain in chains]
     finally:
         report(None)
-    return results
 
 
 def named_jobs(chain: Chain, generation: str) -> tuple[StepJob, ...]:
@@ -124,6 +139,22 @@ def chain_key(jobs: Sequence[StepJob]) -> str:
     return f"{steps}{jobs[0].run_id[len(jobs[0].spec.name) :]}"
 
 
+def task_name(chains: Sequence[Sequence[StepJob]]) -> str:
+    """A task's Dask key: its one chain's, or the first chain's with how many more follow
+    and a digest of them all ('count+mean-REC-20200601-3f2a9c1d+63-0c1d2e3f'). Two tasks
+    with one key are one task to Dask: the digest keeps different groups apart."""
+    first = chain_key(chains[0])
+    if len(chains) == 1:
+        return first
+    names = "\0".join(job.run_id for chain in chains for job in chain)
+    digest = hashlib.blake2b(names.encode(), digest_size=4).hexdigest()
+    return f"{first}+{len(chains) - 1}-{digest}"
+
+
+def step_kind(job: StepJob) -> StepKind:
+    return kind(job.unit.task, job.unit.modality, job.spec.name)
+
+
 @dataclass
 class Publish:
     """Tells the submitter of a step's result while the rest of its chain runs (Dask's
@@ -135,7 +166,7 @@ class Publish:
     """
 
     topic: str
-    last: str  # the run name of the chain's last step: its result comes with the chain's
+    last: str  # the run name of the task's last step: its result comes with the task's
     delay: float = PROGRESS_DELAY
     ended: bool = False
 
@@ -143,8 +174,8 @@ class Publish:
         if result is None:
             self.ended = True
             return
-        if result.run_id == self.last or result.outcome is Outcome.SKIPPED:
-            return  # the chain ends now
+        if result.run_id == self.last:
+            return  # the task ends now
         from distributed import get_worker
 
         # News of progress is a hint, the task's own result the record: never fail a chain
@@ -160,18 +191,43 @@ class Publish:
 
 
 @dataclass(eq=False)
+class Task:
+    """One Dask task: the chains it runs, and their results once fetched."""
+
+    future: Future
+    members: list[Submitted] = field(default_factory=list)
+    results: list[list[StepResult]] | None = None
+    left: int = 0  # members whose results are not all out yet
+
+    def end(self, submitted: Submitted) -> None:
+        """One member's results are all out: once all are, the task is let go on Dask."""
+        submitted.ended = True
+        self.left -= 1
+        if self.left <= 0:
+            with contextlib.suppress(Exception):
+                self.future.release()
+
+
+@dataclass(eq=False)
 class Submitted:
-    """One chain on the cluster: its task, and which of its steps were reported already."""
+    """One chain on the cluster: the task that runs it (with others, maybe), its place in
+    that task, and which of its steps were reported already."""
 
     jobs: tuple[StepJob, ...]
-    future: Future
+    task: Task
+    index: int
     notify: Notify
     reported: set[str] = field(default_factory=set)
     ended: bool = False
+    probe: bool = False  # its steps' durations were not known when it was submitted
 
     @property
     def unit(self) -> Unit:
         return self.jobs[0].unit
+
+    @property
+    def future(self) -> Future:
+        return self.task.future
 
 
 #: What the cluster tells of a submitted chain: a step's result as it ends, or None when
@@ -186,11 +242,20 @@ class DaskExecutor:
     Results come back to this process, which is the only one to record them.
     """
 
-    def __init__(self, connect: Callable[[], Connection], max_in_flight: int) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        max_in_flight: int,
+        durations: Callable[[], Mapping[StepKind, float]] = dict,
+    ) -> None:
         self._connect = connect
         self._connection: Connection | None = None
         self._running: dict[str, Submitted] = {}  # step run name -> its chain
         self._topics: set[str] = set()  # subscribed to, by the current client
+        self._probes: set[Submitted] = set()  # chains of steps not timed yet, on the cluster
+        self._threads = (0, 0.0)  # the cluster's worker threads, and when they were counted
+        self._known = durations  # the store's figures, read at the first submission
+        self.durations: Durations | None = None
         self.max_in_flight = max_in_flight
 
     @property
@@ -198,6 +263,7 @@ class DaskExecutor:
         if self._connection is None:
             self._connection = self._connect()
             self._topics = set()
+            self._threads = (0, 0.0)
         return self._connection
 
     def close(self) -> None:
@@ -205,31 +271,73 @@ class DaskExecutor:
             self._connection.close()
             self._connection = None
         self._running.clear()  # their tasks went with the client
+        self._probes.clear()
+
+    def threads(self) -> int:
+        """The cluster's worker threads (counted again every `THREADS_TTL` seconds): how
+        many tasks run at once, and how many units of untimed steps may be out at once."""
+        count, when = self._threads
+        now = time.monotonic()
+        if not count or now - when > THREADS_TTL:
+            with contextlib.suppress(Exception):  # a lost scheduler is told by the submit
+                count = sum(self.connection.client.nthreads().values())
+            self._threads = (max(count, 1), now)
+        return self._threads[0]
+
+    def _durations(self) -> Durations:
+        if self.durations is None:
+            self.durations = Durations()
+            with contextlib.suppress(Exception):  # no figures: the first results give them
+                self.durations.update(self._known())
+        return self.durations
+
+    def admit(self, chains: Sequence[Sequence[StepKind]]) -> int:
+        """How many of these chains (their steps' kinds, in priority order) to submit now:
+        all, but only so many chains of steps never timed at once (`PROBES`, or one per
+        worker thread if there are more); the rest wait for the first results, which say
+        how many units a task should hold."""
+        durations = self._durations()
+        room = max(self.threads(), PROBES) - len(self._probes)
+        for index, chain in enumerate(chains):
+            if durations.of(chain) is None:
+                if room <= 0:
+                    return index
+                room -= 1
+        return len(chains)
 
     def submit(self, chains: Sequence[Named], notify: Notify) -> list[Submitted]:
-        """Submit chains, one task each, newer inputs first; `notify` is called (from Dask's
-        thread) with each step's result as it ends, then with None when its task ends. Chains
-        of equal priority go in one message to the scheduler. See `chain_token` for the
-        generation that names each chain's run."""
+        """Submit chains, grouped into tasks (see `sinagot.batching`), newer inputs first;
+        `notify` is called (from Dask's thread) with each step's result as it ends, then
+        with None when its chain's task ends. Tasks of equal priority go in one message to
+        the scheduler. See `chain_token` for the generation that names each chain's run."""
         client = self.connection.client
         topic = f"sinagot.steps:{chains[0][0][0].dataset}" if chains else ""
         if chains and topic not in self._topics:
             client.subscribe_topic(topic, self._published)
             self._topics.add(topic)
+        durations = self._durations()
+        jobs = [named_jobs(chain, generation) for chain, generation in chains]
+        estimates = [durations.of(step_kind(job) for job in chain) for chain in jobs]
+        groups = group(estimates, self.threads())
         submitted: list[Submitted] = []
-        by_priority = itertools.groupby(chains, key=lambda named: newest_input(named[0]))
-        for priority, group in by_priority:
-            jobs = [named_jobs(chain, generation) for chain, generation in group]
+        for priority, same in itertools.groupby(groups, key=lambda g: newest_input(jobs[g[0]])):
+            same = list(same)
+            members = [[jobs[i] for i in g] for g in same]
             futures = client.map(
-                run_chain, jobs, [Publish(topic, chain[-1].run_id) for chain in jobs],
-                key=[chain_key(chain) for chain in jobs], priority=priority, pure=False,
+                run_chains, members, [Publish(topic, m[-1][-1].run_id) for m in members],
+                key=[task_name(m) for m in members], priority=priority, pure=False,
             )  # fmt: skip
-            for chain, future in zip(jobs, futures, strict=True):
-                one = Submitted(chain, future, notify)
-                for job in chain:
-                    self._running[job.run_id] = one
-                future.add_done_callback(lambda _, one=one: notify(one, None))
-                submitted.append(one)
+            for indexes, future in zip(same, futures, strict=True):
+                task = Task(future, left=len(indexes))
+                for index, at in enumerate(indexes):
+                    one = Submitted(jobs[at], task, index, notify, probe=estimates[at] is None)
+                    task.members.append(one)
+                    for job in one.jobs:
+                        self._running[job.run_id] = one
+                    if one.probe:
+                        self._probes.add(one)
+                    submitted.append(one)
+                future.add_done_callback(lambda _, task=task: _task_ended(task))
         return submitted
 
     def withdraw(self, chains: Sequence[Submitted]) -> list[Submitted]:
@@ -243,12 +351,16 @@ class DaskExecutor:
                 begun.update(keys)
         waiting = [s for s in chains if not s.ended and s.future.key not in begun]
         if waiting:
-            client.cancel([s.future for s in waiting])
+            client.cancel(list({id(s.task): s.future for s in waiting}.values()))
         for submitted in waiting:
-            submitted.ended = True
-            for job in submitted.jobs:
-                self._running.pop(job.run_id, None)
+            self._forget(submitted)
         return waiting
+
+    def _forget(self, submitted: Submitted) -> None:
+        submitted.task.end(submitted)
+        self._probes.discard(submitted)
+        for job in submitted.jobs:
+            self._running.pop(job.run_id, None)
 
     def _published(self, event: tuple[float, str]) -> None:
         result = StepResult.from_json(event[1])
@@ -260,13 +372,19 @@ class DaskExecutor:
         """Each step's result, once, in the order reported; the results of ended tasks
         fetched in one round trip (one by one, only those of tasks that broke). A chain
         is `ended` once all its results are out."""
-        ending = {s.future.key: s for s, r in reports if r is None and not s.ended}
-        finished = [s.future for s in ending.values() if s.future.status == "finished"]
+        ending = {
+            id(s.task): s.task
+            for s, r in reports
+            if r is None and not s.ended and s.task.results is None
+        }
+        finished = [t for t in ending.values() if t.future.status == "finished"]
         try:
-            gathered = self.connection.client.gather(finished) if finished else []
-            values = dict(zip((f.key for f in finished), gathered, strict=True))
+            gathered = self.connection.client.gather([t.future for t in finished])
+            for task, value in zip(finished, gathered, strict=True):
+                task.results = value
         except Exception:  # a result lost on the way: fetched one by one below
-            values = {}
+            pass
+        durations = self._durations()
         out = []
         for submitted, result in reports:
             if submitted.ended:
@@ -276,15 +394,14 @@ class DaskExecutor:
                     submitted.reported.add(result.step)
                     out.append((submitted, _job(submitted, result.step), result))
                 continue
-            results = values.get(submitted.future.key) or chain_results(submitted)
+            results = chain_results(submitted)
             for job, step_result in zip(submitted.jobs, results, strict=True):
                 if job.spec.name not in submitted.reported:
                     out.append((submitted, job, step_result))
-            submitted.ended = True
-            for job in submitted.jobs:
-                self._running.pop(job.run_id, None)
-            with contextlib.suppress(Exception):
-                submitted.future.release()
+            self._forget(submitted)
+        for _, job, result in out:
+            if result.outcome in (Outcome.DONE, Outcome.FAILED):
+                durations.learn(step_kind(job), result.duration)
         return out
 
     def run(
@@ -302,6 +419,9 @@ class DaskExecutor:
             batch = []
             while waiting and len(running) + len(batch) < self.max_in_flight:
                 batch.append(waiting.popleft())
+            admitted = self.admit([[step_kind(job) for job in chain] for chain, _ in batch])
+            waiting.extendleft(reversed(batch[admitted:]))
+            batch = batch[:admitted]
             if not batch:
                 return
             on_start(batch)
@@ -322,6 +442,12 @@ class DaskExecutor:
         return results
 
 
+def _task_ended(task: Task) -> None:
+    """Dask's callback when a task ends: each of its chains is told (from Dask's thread)."""
+    for submitted in task.members:
+        submitted.notify(submitted, None)
+
+
 def _executing(dask_worker: Worker) -> list[str]:
     """On a worker: the keys of the tasks it is running now."""
     return [
@@ -339,7 +465,9 @@ def chain_results(submitted: Submitted) -> list[StepResult]:
     """The chain's results, or, for each step, one that says why the task itself broke
     (worker died, scheduler lost, ...)."""
     try:
-        return submitted.future.result()
+        if submitted.task.results is None:
+            submitted.task.results = submitted.future.result()
+        return submitted.task.results[submitted.index]
     except Exception as exc:  # KilledWorker, CancelledError (scheduler lost), ...
         error = one_line(exc)
         now = time.time()

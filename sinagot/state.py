@@ -309,6 +309,19 @@ class StateStore:
         query = "SELECT record_id, task, modality, step FROM runs WHERE state = 'failed'"
         return [(r, t or None, m or None, s) for r, t, m, s in db.execute(query)]
 
+    @_guarded
+    def step_durations(self) -> dict[tuple[str, str, str], float]:
+        """Mean seconds of each (task, modality, step)'s last runs: how many units one Dask
+        task should hold (`sinagot.batching`)."""
+        db = self._connect(write=False)
+        if db is None:
+            return {}
+        query = (
+            "SELECT task, modality, step, avg(finished - started) FROM runs "
+            "WHERE state IS NOT NULL AND finished >= started GROUP BY task, modality, step"
+        )
+        return {(t, m, s): seconds for t, m, s, seconds in db.execute(query)}
+
     # -- writing (the writer lock's holder only) ----------------------------------------------
 
     @_guarded

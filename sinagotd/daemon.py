@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sinagot import __version__
+from sinagot.batching import kind
 from sinagot.cluster import ClusterError, Connection, connect, resolve_address
 from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
@@ -195,7 +196,11 @@ class Daemon:
 
     def _executor(self, ws: Engine) -> DaskExecutor:
         address = resolve_address(self.options.scheduler, ws.config.dask)
-        return DaskExecutor(lambda: connect(address, ws.config.dask), ws.config.dask.max_in_flight)
+        return DaskExecutor(
+            lambda: connect(address, ws.config.dask),
+            ws.config.dask.max_in_flight,
+            ws.store.step_durations,
+        )
 
     def _watcher(self) -> Watcher:
         config = self.ws.config
@@ -445,11 +450,23 @@ class Daemon:
             return
         batch: dict[Unit, list[StepPlan]] = {}
         room = self.ws.config.dask.max_in_flight - len(self.in_flight)
+        popped = []
         while self.waiting and len(batch) < room:
-            _, _, unit = heapq.heappop(self.waiting)
-            plans = self.waiting_plans.pop(unit, None)
-            if plans is not None and unit not in self.in_flight:
-                batch[unit] = plans
+            entry = heapq.heappop(self.waiting)
+            plans = self.waiting_plans.get(entry[2])
+            if plans is not None and entry[2] not in self.in_flight:
+                batch[entry[2]] = plans
+                popped.append(entry)
+        # Units of steps never timed go out a few at a time: their first results say how
+        # many units a Dask task should hold. The rest wait in the queue, in their order.
+        admitted = self.executor.admit(
+            [[kind(u.task, u.modality, p.step.name) for p in plans] for u, plans in batch.items()]
+        )
+        for entry in popped[admitted:]:
+            heapq.heappush(self.waiting, entry)
+            del batch[entry[2]]
+        for unit in batch:
+            del self.waiting_plans[unit]
         if batch:
             self._submit(batch)
 
