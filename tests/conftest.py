@@ -1,10 +1,19 @@
-"""Shared fixtures: fresh copies of the bundled example workspaces, one per test."""
+"""Shared fixtures: fresh copies of the bundled example workspaces, one per test.
+
+Strict skips (`SINAGOT_STRICT_SKIPS=1`, set by `.ci/run` when it runs as root with apt): a
+test skipped because a tool, an extra or a privilege is missing here (strace, chattr,
+systemd-analyze, Chromium, MNE, root...) FAILS instead, its skip reason in the failure, so
+that a CI run cannot pass with parts of the suite silently not run. A whole module skipped
+at import (`pytest.importorskip` at module level) becomes a collection error. A skip that is
+the test's own logic, not a missing tool, stays a skip where the test (or its parameter)
+carries `@pytest.mark.allowed_skip("why")`. Unset, or `0`: skips are skips.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +91,66 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     yield make
     for lab in labs:
         lab.close()
+
+
+# -- strict skips (SINAGOT_STRICT_SKIPS=1): see the module docstring ---------------------------
+
+STRICT_SKIPS = "SINAGOT_STRICT_SKIPS"
+
+
+def strict_skips() -> bool:
+    """True when a skip must fail: CI provisioned every tool, so a skip is a hole in the run."""
+    return os.environ.get(STRICT_SKIPS, "") not in ("", "0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allowed_skip(why): this test's skip is its own logic, not a missing tool, extra or "
+        f"privilege: it stays a skip under {STRICT_SKIPS}=1",
+    )
+
+
+def _skip_reason(longrepr: object) -> str:
+    """The reason of a skip report (`(path, line, "Skipped: reason")`), without the prefix."""
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def _strict_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skip report into a failure that says which skip, and why it fails."""
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped, and {STRICT_SKIPS}=1 makes a skip a failure: {_skip_reason(report.longrepr)} "
+        "(install what it needs, or mark a deliberate skip @pytest.mark.allowed_skip)"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Strict skips: a skipped test (skipif, pytest.skip, importorskip in a test or fixture)
+    fails, unless it is an xfail or marked allowed_skip. Runs in xdist's workers too: the
+    report travels to the controller as a failure."""
+    report = yield
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("allowed_skip") is None
+        and strict_skips()
+    ):
+        _strict_failure(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """Strict skips: a module skipped whole at import (a module-level importorskip, as
+    tests/test_eeg_bids.py's for the eeg extra) is a collection error naming the reason."""
+    report = yield
+    if report.skipped and strict_skips():
+        _strict_failure(report)
+    return report

@@ -126,16 +126,19 @@ def test_bench_status_page() -> None:
 
 
 def test_bench_dask() -> None:
-    out = run_bench("bench_dask.py", "200")
+    out = run_bench("bench_dask.py", "200", "--repeat", "2")
     assert_lines(
         out,
         r"^=== bench_dask summary ===$",
         r"^N records / steps +200 / 400$",
-        r"^\(s\) sinagot plan \+ execute +[\d.]+ s",
+        r"^\(s\) sinagot plan \+ execute +[\d.]+ s \([\d.]+-[\d.]+\)",
+        r"^    overhead beyond them +[\d.-]+ ms .*not judged below N = 10000$",
         r"^\(r\) raw Dask map \+ gather +[\d.]+ s",
-        r"^\(s\)/\(r\) +[\d.]+ +\(target <= 1\.5 at N = 10000\)",
+        r"^speed-up \(r\)/\(s\) +[\d.]+x +\(target >= 2\.0\): not judged",
         r"^machine: nproc \d+",
     )
+    samples = re.findall(r"^\((s|r)\) sample (\d): ", out, re.MULTILINE)
+    assert samples == [("s", "1"), ("r", "1"), ("r", "2"), ("s", "2")], "alternating order"
     assert "PROBLEM:" not in out
 
 

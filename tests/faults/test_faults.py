@@ -341,7 +341,14 @@ def test_dask_scheduler_restarted_while_a_step_still_runs(make_lab):
 QUEUE = 256  # events: room for the daemon's own noise, not for a burst of new recordings
 
 
-@pytest.mark.parametrize("how", ["sysctl", "sigstop-flood"])
+# A queue limit too high to flood is this machine's setting, not a missing tool: that skip
+# stays a skip under SINAGOT_STRICT_SKIPS=1 (the sysctl variant's "not root" does not).
+FLOOD_LIMIT_TOO_HIGH = pytest.mark.allowed_skip("max_queued_events too high to flood")
+
+
+@pytest.mark.parametrize(
+    "how", ["sysctl", pytest.param("sigstop-flood", marks=FLOOD_LIMIT_TOO_HIGH)]
+)
 def test_inotify_queue_overflow_is_reconciled(make_lab, how):
     """Both variants use the kernel's own overflow (IN_Q_OVERFLOW), not a simulation:
 
