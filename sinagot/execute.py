@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import os
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -157,37 +158,85 @@ def step_kind(job: StepJob) -> StepKind:
 
 @dataclass
 class Publish:
-    """Tells the submitter of a step's result while the rest of its chain runs (Dask's
+    """Tells the submitter of a step's result while the rest of its task runs (Dask's
     pub/sub: the worker's `log_event`, the client's `subscribe_topic`).
 
-    A result is sent only if its chain still runs `delay` seconds after the step ended: a
-    quick chain's results all come back with the task's own result, in one message, and
-    a long step never holds up news of the one before it by more than `delay`.
+    A result is sent only if its task still runs `delay` seconds after the step ended: a
+    quick task's results all come back with the task's own result, in one message, and a
+    long step never holds up news of the one before it by more than about `delay`. The
+    step's thread only notes the result; one thread per worker (`_Progress`) sends what is
+    due, so a task of many quick steps wakes nobody.
     """
 
     topic: str
     last: str  # the run name of the task's last step: its result comes with the task's
     delay: float = PROGRESS_DELAY
     ended: bool = False
+    pending: list[tuple[float, StepResult]] = field(default_factory=list)
 
     def __call__(self, result: StepResult | None) -> None:
         if result is None:
             self.ended = True
+            _PROGRESS.drop(self)
             return
         if result.run_id == self.last:
             return  # the task ends now
+        first = not self.pending
+        self.pending.append((time.monotonic() + self.delay, result))
+        if first:
+            _PROGRESS.add(self)
+
+    def due(self, now: float) -> list[StepResult]:
+        """The results to send now: those whose task still runs `delay` after they ended."""
+        due = []
+        while self.pending and self.pending[0][0] <= now and not self.ended:
+            due.append(self.pending.pop(0)[1])
+        return due
+
+
+class _Progress:
+    """A worker's sender of progress news (see `Publish`): one thread, started when a
+    task first has news, waking every quarter of `PROGRESS_DELAY`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, tuple[Publish, Worker]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, publish: Publish) -> None:
         from distributed import get_worker
 
-        # News of progress is a hint, the task's own result the record: never fail a chain
+        # News of progress is a hint, the task's own result the record: never fail a task
         # over it (e.g. run outside a worker).
-        with contextlib.suppress(Exception):
+        try:
             worker = get_worker()
-            # The worker's event loop sends, not this thread: call_later wants its own loop.
-            worker.loop.add_callback(worker.loop.call_later, self.delay, self._send, worker, result)
+        except ValueError:
+            return
+        with self._lock:
+            self._live[id(publish)] = (publish, worker)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="sinagot-progress", daemon=True
+                )
+                self._thread.start()
 
-    def _send(self, worker: Worker, result: StepResult) -> None:
-        if not self.ended:
-            worker.log_event(self.topic, result.to_json())
+    def drop(self, publish: Publish) -> None:
+        with self._lock:
+            self._live.pop(id(publish), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(PROGRESS_DELAY / 4)
+            now = time.monotonic()
+            with self._lock:
+                live = list(self._live.values())
+            for publish, worker in live:
+                for result in publish.due(now):
+                    with contextlib.suppress(Exception):
+                        worker.log_event(publish.topic, result.to_json())
+
+
+_PROGRESS = _Progress()
 
 
 @dataclass(eq=False)
