@@ -345,6 +345,8 @@ class DaskExecutor:
         all, but only so many chains of steps never timed at once (`PROBES`, or one per
         worker thread if there are more); the rest wait for the first results, which say
         how many units a task should hold."""
+        if not chains:
+            return 0
         durations = self._durations()
         room = max(self.threads(), PROBES) - len(self._probes)
         for index, chain in enumerate(chains):

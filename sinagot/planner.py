@@ -31,9 +31,11 @@ Nor does any step of a record that is not ready (`PlanContext.not_ready`: the ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -49,8 +51,11 @@ from .fingerprints import (
 )
 from .layout import StepSpec, Unit
 from .patterns import PathPattern, PathProblem
-from .state import RunRecord, run_key
+from .state import RunRecord, Signatures, run_key
 from .status import StepStatus
+
+_stat = os.stat
+S_ISREG = stat.S_ISREG
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,15 +154,16 @@ class SettledCheck:
 
     Each step's paths are compiled once per (task, modality) into folders and the text
     around `{id}`: a unit then costs one `stat` per distinct input and output (a step's
-    output is often a later step's input: it is looked at once) and one string comparison
-    per step, that of what its last run read, ran with and wrote. It errs only towards
-    False (a path that cannot be read, unusual patterns); `plan_unit` then decides, with
-    reasons.
+    output is often a later step's input: it is looked at once), made relative to its
+    folder's descriptor (the kernel walks the dataset's path once per folder, not once per
+    file), and one hash comparison per step, that of what its last run read, ran with and
+    wrote (`state.Signatures`). It errs only towards False (a path that cannot be read,
+    unusual patterns); `plan_unit` then decides, with reasons.
     """
 
     def __init__(
         self,
-        signatures: Mapping[str, str],
+        signatures: Signatures,
         listing: DirectoryListing,
         code_hashes: Mapping[str, str] | None,
     ) -> None:
@@ -165,6 +171,9 @@ class SettledCheck:
         self._root = f"{listing.root}/"
         self._code_hashes = code_hashes
         self._probes: dict[tuple[str | None, str | None], _UnitProbe | None] = {}
+        self._folders = _FolderHandles(self._root)
+        # The descriptors go with this object (at the end of the plan that made it).
+        weakref.finalize(self, self._folders.close)
 
     def __call__(self, unit: Unit, steps: Sequence[StepSpec]) -> bool:
         key = (unit.task, unit.modality)
@@ -173,32 +182,32 @@ class SettledCheck:
             probe = self._probes[key] = self._compile(unit, steps)
         if probe is None:
             return False
-        record_id, signatures = unit.record_id, self._signatures
-        expected = [signatures.get(record_id + tail) for tail, _, _, _ in probe.steps]
+        record_id, signatures = unit.record_id, self._signatures.by_key
+        expected = [signatures.get(hash(record_id + tail)) for tail in probe.tails]
         if None in expected:
             return False
         lines = []
-        root = self._root
-        for folder, pre, post in probe.paths:
-            relative = f"{folder}{pre}{record_id}{post}"
+        for folder, pre, post, fd, prefix in probe.paths:
+            name = pre + record_id + post
             try:
-                st = os.stat(root + relative)
+                st = _stat(prefix + name, dir_fd=fd)
             except OSError:
                 return False
-            if stat.S_ISREG(st.st_mode):
-                lines.append(f"{relative}\t{st.st_size}\t{st.st_mtime_ns}")
+            if S_ISREG(st.st_mode):
+                lines.append(f"{folder}{name}\t{st.st_size}\t{st.st_mtime_ns}")
             else:  # a folder (walked as the slow path does), or odd
-                line = _other_line(root + relative, relative)
+                line = _other_line(self._root + folder + name, folder + name)
                 if line is None:
                     return False
                 lines.append(line)
-        for (_, ins, code, outs), signature in zip(probe.steps, expected, strict=True):
-            text = (
-                (lines[ins[0]] if len(ins) == 1 else "\n".join([lines[i] for i in ins]))
-                + code
-                + (lines[outs[0]] if len(outs) == 1 else "\n".join([lines[i] for i in outs]))
-            )
-            if text != signature:
+        if probe.single:  # one input and one output a step: the common case, made plain
+            for (i, code, o), signature in zip(probe.single, expected, strict=True):
+                if hash(lines[i] + code + lines[o]) != signature:
+                    return False
+            return True
+        for (ins, code, outs), signature in zip(probe.steps, expected, strict=True):
+            text = "\n".join([lines[i] for i in ins]) + code + "\n".join([lines[i] for i in outs])
+            if hash(text) != signature:
                 return False
         return True
 
@@ -207,7 +216,8 @@ class SettledCheck:
         signature is made of: the key's end, and which paths it read and wrote."""
         task, anyone = unit.task, unit._replace(record_id="")  # key = record ID + run_key(anyone)
         paths: dict[tuple[str, str, str], int] = {}
-        probes = []
+        tails: list[str] = []
+        probes: list[tuple[tuple[int, ...], str, tuple[int, ...]]] = []
         for step in steps:
             inputs = [_split(p, task) for p in step.inputs.patterns]
             outputs = [_split(p, task) for p in step.outputs.patterns]
@@ -218,8 +228,42 @@ class SettledCheck:
             code = "\x1d"
             if self._code_hashes is not None:
                 code = f"\x1e{self._code_hashes.get(step.script_key, '')}\x1d"
-            probes.append((run_key(anyone, step.name), ins, code, outs))
-        return _UnitProbe(list(paths), probes)
+            tails.append(run_key(anyone, step.name))
+            probes.append((ins, code, outs))
+        handles = []
+        for folder, pre, post in paths:
+            fd = self._folders.open(folder)  # stat by name in it; by path if it cannot open
+            handles.append((folder, pre, post, fd, "" if fd is not None else self._root + folder))
+        single = []
+        if all(len(ins) == len(outs) == 1 for ins, _, outs in probes):
+            single = [(ins[0], code, outs[0]) for ins, code, outs in probes]
+        return _UnitProbe(handles, tails, probes, single)
+
+
+class _FolderHandles:
+    """Descriptors of the dataset's folders that hold units' files, opened once each; None
+    for one that cannot be opened (missing yet): its files are then stat-ed by path."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._fds: dict[str, int | None] = {}
+
+    def open(self, folder: str) -> int | None:
+        """`folder` is dataset-relative with a trailing '/' ('' for the dataset itself)."""
+        if folder not in self._fds:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            try:
+                self._fds[folder] = os.open(self._root + folder, flags)
+            except (OSError, ValueError):
+                self._fds[folder] = None
+        return self._fds[folder]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fds.clear()
 
 
 def _indexes(
@@ -256,11 +300,16 @@ def _slash(folder: str) -> str:
 
 
 class _UnitProbe(NamedTuple):
-    paths: list[tuple[str, str, str]]  # each path once: (folder/, before {id}, after)
-    #: Per step: the end of its store key (after the record ID), the indexes in `paths` of
-    #: its inputs, what comes between ('\x1e' + the script's hash, if tracked; '\x1d'),
-    #: and the indexes of its outputs.
-    steps: list[tuple[str, tuple[int, ...], str, tuple[int, ...]]]
+    #: Each path once: (folder/, before {id}, after, the folder's descriptor or None, and
+    #: what to put before the name to stat it: '' with a descriptor, else root + folder/).
+    paths: list[tuple[str, str, str, int | None, str]]
+    #: Per step: the end of its store key (after the record ID).
+    tails: list[str]
+    #: Per step: the indexes in `paths` of its inputs, what comes between ('\x1e' + the
+    #: script's hash, if tracked; '\x1d'), and the indexes of its outputs.
+    steps: list[tuple[tuple[int, ...], str, tuple[int, ...]]]
+    #: The same when each step has one input and one output (else empty): (in, code, out).
+    single: list[tuple[int, str, int]]
 
 
 def done_plans(unit: Unit, steps: Sequence[StepSpec]) -> list[StepPlan]:
