@@ -35,7 +35,7 @@ from sinagot.state import StateError
 from .alerts import load_notify
 from .arrivals import Arrivals
 from .monitor import Monitor
-from .retries import Retries
+from .retries import Reconnects, Retries
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
 from .settle import Settler
@@ -108,7 +108,6 @@ class Daemon:
         self._idle = False
         self._reconnect_at: float | None = None
         self._reconcile_due = False
-        self._reconnect_backoff = 1.0
         self._paused_until: float | None = None  # a store write failed: retry then
         self._pause_backoff = 1.0
         self.throttle = Throttle(1.0)
@@ -370,7 +369,8 @@ class Daemon:
 
     def _is_idle(self) -> bool:
         return not (
-            self.in_flight or self.waiting_plans or self.dirty or len(self.units_settle)
+            self.in_flight or self.waiting_plans or self.dirty or self.lost_generations
+            or len(self.units_settle)
             or len(self.scripts_settle) or len(self.config_settle)
         )  # fmt: skip
 
@@ -454,7 +454,8 @@ class Daemon:
         while self.waiting and len(batch) < room:
             entry = heapq.heappop(self.waiting)
             plans = self.waiting_plans.get(entry[2])
-            if plans is not None and entry[2] not in self.in_flight:
+            # A unit can be in the heap twice (queued, then put back): taken once.
+            if plans is not None and entry[2] not in self.in_flight and entry[2] not in batch:
                 batch[entry[2]] = plans
                 popped.append(entry)
         # Units of steps never timed go out a few at a time: their first results say how
@@ -651,12 +652,15 @@ class Daemon:
         try:
             self.connection = self.executor.connection
         except Exception as exc:
-            self._reconnect_backoff = min(self._reconnect_backoff * 2, 60.0)
-            self._reconnect_at = now + self._reconnect_backoff
             error = str(exc) if isinstance(exc, ClusterError) else one_line(exc)
-            self.log.warning("cluster.unreachable", error=error, retry_in_s=self._reconnect_backoff)
+            wait, say = self._reconnects.failed(now, self.clock() - now, error)
+            self._reconnect_at = self.clock() + wait
+            if say:
+                self.log.warning("cluster.unreachable", error=error, retry_in_s=wait,
+                                 tries=self._reconnects.failures)  # fmt: skip
             return
-        self._reconnect_at, self._reconnect_backoff = None, 1.0
+        self._reconnect_at = None
+        self._idle = False  # a `daemon.idle` follows the recovery, even with nothing to redo
         self.lost_generations.update({u: f.generation for u, f in self.in_flight.items()})
         self.in_flight.clear()
         self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
@@ -682,6 +686,8 @@ class Daemon:
         scheduler = self.connection.scheduler if self.connection else None
         self.log.warning("cluster.lost", scheduler=scheduler, in_flight=in_flight, error=why)
         self._reconnect_at = self.clock()
+        self._reconnects = Reconnects()  # this outage's tries (see sinagotd/retries.py)
+        self._idle = False  # what was said before the loss is out of date
         with contextlib.suppress(Exception):
             self.executor.close()
 

@@ -51,3 +51,33 @@ class Retries(Generic[K]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._at
+
+
+class Reconnects:
+    """When to try a lost Dask scheduler again, and when to say it is still unreachable.
+
+    A try that is refused costs a millisecond (nothing listens: the scheduler is being
+    restarted), so tries come every `every` seconds and find it back within that: a wait
+    that doubles finds it up to one outage late (back 15 s after, found 15 s later). A try
+    that waits for an answer blocks the daemon's loop meanwhile: the next comes four times
+    that long after, so that tries take at most a fifth of the loop's time, up to the
+    ceiling. Said at the first failure, when the error changes, and at most once per
+    `quiet` seconds otherwise: a long outage is not a line a second.
+    """
+
+    def __init__(self, every: float = 1.0, ceiling: float = 60.0, quiet: float = 60.0) -> None:
+        self.every = every
+        self.ceiling = ceiling
+        self.quiet = quiet
+        self.failures = 0
+        self._said: tuple[str, float] | None = None  # (error, when) last said
+
+    def failed(self, now: float, took: float, error: str) -> tuple[float, bool]:
+        """A try that began at `now` failed after `took` seconds with `error`: how long to
+        wait before the next, and whether to say so."""
+        self.failures += 1
+        wait = min(max(self.every, 4 * took), self.ceiling)
+        say = self._said is None or self._said[0] != error or now - self._said[1] >= self.quiet
+        if say:
+            self._said = (error, now)
+        return wait, say

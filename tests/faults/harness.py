@@ -229,6 +229,94 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Forwarder:
+    """A TCP relay on 127.0.0.1:`port` to `target` (host, port): what stands between the
+    daemon and its scheduler, so that a test cuts the network (`cut`: every connection
+    shut down, the port refused) and mends it (`mend`: the port answers again) at a moment of
+    its choosing, the scheduler and its workers running on meanwhile. Connections are shut
+    down by `cut` but closed only by `close`: a file descriptor reused while a relaying
+    thread still holds its number would cut (or keep) the wrong connection."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port = port
+        self.target = target
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []  # relayed, not yet cut
+        self._cut: list[socket.socket] = []  # shut down, closed by `close`
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def mend(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        self._acceptor = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._acceptor.start()
+
+    def cut(self) -> None:
+        """The port refused first (else a client cut off would get through again at once),
+        then every connection shut down."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:  # its port free again once its thread is out of accept()
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            if self._acceptor is not None:
+                self._acceptor.join(timeout=10)
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+            self._cut += sockets
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.cut()
+        with self._lock:
+            sockets, self._cut = self._cut, []
+        for sock in sockets:
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()  # never relayed: no thread holds it
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                cut = self._listener is not listener  # cut meanwhile: this one is cut too
+                (self._cut if cut else self._sockets).extend([client, upstream])
+            if cut:
+                for sock in (client, upstream):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):  # one side closed: so does the other (closed by `close`:
+            with contextlib.suppress(OSError):  # closing here, a reused fd could be hit)
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 def epoch(timestamp: str) -> float:
     """An ISO 8601 timestamp (events: UTC with Z; logs: local with offset) as seconds."""
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
@@ -266,6 +354,9 @@ class DaemonRun:
         ]  # fmt: skip
         self.stderr_path = lab.root / f"sinagotd-{self.number}.stderr"
         self._stderr = self.stderr_path.open("wb")
+        # Its events as it wrote them, one JSON line each: the timeline of a kept run.
+        self.events_path = lab.root / f"sinagotd-{self.number}.events.jsonl"
+        self._events_file = self.events_path.open("wb")
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._stderr,
             env=env or lab.env(), start_new_session=True,
@@ -285,6 +376,9 @@ class DaemonRun:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
+            with contextlib.suppress(ValueError):  # closed by `close` meanwhile
+                self._events_file.write(raw)
+                self._events_file.flush()
             line = raw.decode(errors="replace").strip()
             if not line:
                 continue
@@ -403,6 +497,7 @@ class DaemonRun:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
+        self._events_file.close()
 
 
 class Cluster:
