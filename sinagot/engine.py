@@ -85,7 +85,7 @@ class Engine:
     def dataset(self) -> Path:
         return self.config.dataset
 
-    @property
+    @functools.cached_property
     def receipts(self) -> Path:
         """Where workers leave receipts: in the dataset, which every worker shares, even
         when the state store was moved to the daemon's local disk."""
@@ -447,7 +447,7 @@ class Engine:
                     raise raised[0]
 
         with self.writing():
-            named = [(chain, self.generation(unit, chain)) for unit, chain in chains.items()]
+            named = list(zip(chains.values(), self.generations(list(chains.items())), strict=True))
             executor = LocalExecutor() if debug else self.executor
             return executor.run(named, started, finished)
 
@@ -456,6 +456,16 @@ class Engine:
         submitted and never finished (its copy may still run on a worker)."""
         pending = self.store.pending_generation(unit, [job.spec.name for job in chain])
         return pending or secrets.token_hex(4)
+
+    def generations(self, chains: Sequence[tuple[Unit, Sequence[StepJob]]]) -> list[str]:
+        """`generation` of many units' chains, read from the store in one go."""
+        keys = {unit: [run_key(unit, job.spec.name) for job in chain] for unit, chain in chains}
+        pending = self.store.pending_generations([k for ks in keys.values() for k in ks])
+        names = []
+        for unit, _ in chains:
+            found = next((pending[k] for k in keys[unit] if k in pending), None)
+            names.append(found or secrets.token_hex(4))
+        return names
 
     @property
     def executor(self) -> Executor:

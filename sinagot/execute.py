@@ -328,8 +328,9 @@ class DaskExecutor:
         count, when = self._threads
         now = time.monotonic()
         if not count or now - when > THREADS_TTL:
-            with contextlib.suppress(Exception):  # a lost scheduler is told by the submit
-                count = sum(self.connection.client.nthreads().values())
+            client = self.connection.client  # a scheduler never reached: said here, once
+            with contextlib.suppress(Exception):  # one lost since: the submit will tell
+                count = sum(client.nthreads().values())
             self._threads = (max(count, 1), now)
         return self._threads[0]
 

@@ -170,7 +170,9 @@ class PartRegex:
     first as a backtracking engine would (one per length: at most NAME_MAX + 1).
     """
 
-    __slots__ = ("_checks", "_fields", "_match", "bodies", "names", "pattern", "pieces")
+    __slots__ = (
+        "_checks", "_ends", "_fields", "_match", "bodies", "names", "pattern", "pieces",
+    )  # fmt: skip
 
     def __init__(self, pieces: Sequence[str], bodies: Mapping[str, str]) -> None:
         self.pieces = tuple(pieces)
@@ -186,6 +188,12 @@ class PartRegex:
             else:
                 out.append(re2.escape(piece))
         self.pattern = "".join(out)
+        # Its literal start and end: most names that do not match are told by them alone,
+        # without a call into RE2 (which releases the GIL and waits to get it back).
+        self._ends = (
+            self.pieces[0] if self.pieces[0] not in _FIELD_PIECES else "",
+            self.pieces[-1] if self.pieces[-1] not in _FIELD_PIECES else "",
+        )
         program = _checked(self.pattern)
         index = {name.decode(): i for name, i in program.NamedCapturingGroups()}
         self._fields = tuple((name, index[group]) for name, group in groups)
@@ -201,6 +209,9 @@ class PartRegex:
 
     def fullmatch(self, name: str) -> dict[str, str] | None:
         """The fields `name` binds when it matches as a whole."""
+        start, end = self._ends
+        if not (name.startswith(start) and name.endswith(end)):
+            return None
         try:
             data = name.encode()
         except UnicodeEncodeError:

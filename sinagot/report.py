@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .board import Query, rows_from_plans
+from .board import Query, iter_rows
 from .engine import Engine
 from .layout import Unit
 from .pageview import board_for, record_detail
@@ -37,8 +37,8 @@ def page_assets() -> dict[str, bytes]:
 def build_report(engine: Engine, plans: Sequence[StepPlan]) -> str:
     """The HTML of a report of these plans (every step of the units shown)."""
     board = board_for(engine, live=False)
-    board.replace_all(rows_from_plans(plans))
-    status = board.query(Query(per_page=max(len(board.units()), 1)))
+    board.replace_all(iter_rows(plans))
+    status = board.query(Query(per_page=max(board.counts()["units"], 1)))  # type: ignore[arg-type]
     records: dict[str, Any] = {}
     units_of: dict[str, list[Unit]] = {}
     for plan in plans:

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, NamedTuple, ParamSpec, TypeVar
 
@@ -399,6 +399,28 @@ class StateStore:
         except sqlite3.OperationalError:  # a schema-1 store, read before its upgrade
             return None
         return row[0] if row else None
+
+    @_guarded
+    def pending_generations(self, keys: Sequence[str]) -> dict[str, str]:
+        """`pending_generation` for many steps at once (their `run_key`s): the generation
+        of each that was submitted and never finished, one query per 900 keys."""
+        db = self._connect(write=False)
+        if db is None:
+            return {}
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 900):  # under SQLite's limit of variables
+            chunk = keys[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = db.execute(
+                    f"SELECT key, generation FROM runs WHERE key IN ({marks}) "
+                    "AND submitted IS NOT NULL AND generation IS NOT NULL",
+                    chunk,
+                )
+                found.update(rows)
+            except sqlite3.OperationalError:  # a schema-1 store, read before its upgrade
+                return {}
+        return found
 
     @_guarded
     def record(self, results: Iterable[StepResult]) -> None:

@@ -28,16 +28,19 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sinagot.engine import ARRIVING_FILE
+from sinagot.engine import ARRIVING_FILE, Engine
+from sinagot.fingerprints import decode_fingerprints, stat_known
 from sinagot.layout import Layout, Scope, Unit
 from sinagot.patterns import Matcher, PathPattern
-from sinagot.recordlog import PathRefused, open_regular
+from sinagot.recordlog import LOG_FOLDER, PathRefused, open_regular
+from sinagot.runner import StepResult
+from sinagot.state import StateStore, run_key
 
 from .settle import Settler
 from .watcher import OpenWrites
@@ -98,6 +101,10 @@ class Arrivals(Settler[Unit]):
         self._changed = True  # arriving.json: rewrite (or remove) at the next chance
         self._outputs: tuple[Layout, list[Matcher]] | None = None
         self._next_write = 0.0
+        #: The daemon's own steps' outputs: their file events are expected, not news.
+        self.own = OwnOutputs()
+        #: Where a changed path belongs (the loop's `_path_changed`), remembered per path.
+        self.routes = PathRoutes(self.own)
 
     # -- what the loop says ------------------------------------------------------------------
 
@@ -264,6 +271,190 @@ class Arrivals(Settler[Unit]):
         if self._path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
+
+
+class OwnOutputs:
+    """Outputs the daemon's own steps write are no news: a step's outputs land (a worker's
+    rename) just before or just after its result reaches the loop, which records their
+    fingerprints. Planning their unit again for each landing would make three plans of a
+    new two-step record instead of one. An output event is news only when the file differs
+    (size, mtime) from what the store recorded of the run that wrote it: a person's edit,
+    a truncation. Other units that read the output are told as usual.
+
+    While the unit that writes it is on the cluster, an event is only noted (`expected`);
+    once the unit has landed and its results are recorded, `landed` names the noted outputs
+    that differ from what its run wrote, to be treated as any changed file."""
+
+    def __init__(self) -> None:
+        self._owners: tuple[Layout, list[tuple[Matcher, tuple[str | None, str | None]]]] | None
+        self._owners = None
+        #: unit in flight -> ({relative: path} of its outputs' events, its flight's results)
+        self._awaited: dict[Unit, tuple[dict[str, str], list[StepResult]]] = {}
+
+    def owner(self, layout: Layout, relative: str) -> Unit | None:
+        """The unit whose step writes this dataset-relative path; None if no step does."""
+        if self._owners is None or self._owners[0] is not layout:
+            self._owners = (layout, _owner_matchers(layout))
+        for matcher, (task, modality) in self._owners[1]:
+            if (found := matcher.match(relative)) is not None:
+                return Unit(found.record_id, task, modality)
+        return None
+
+    def expected(
+        self,
+        owner: Unit,
+        relative: str,
+        path: str,
+        results: list[StepResult] | None,
+        store: StateStore,
+    ) -> bool:
+        """Is this event on `owner`'s output its own run's doing? While the unit is on the
+        cluster (`results`: its flight's results so far, growing until it lands) the event
+        is noted and taken as expected; otherwise the file must be as the store recorded."""
+        if results is not None:
+            noted = self._awaited.get(owner, ({}, results))[0]
+            noted[relative] = path
+            self._awaited[owner] = (noted, results)  # a newer run's results, if resubmitted
+            return True
+        return _as_recorded(store, owner, {relative: path}) == []
+
+    def landed(self, in_flight: Container[Unit], store: StateStore) -> list[tuple[Unit, str]]:
+        """(unit, path) of the outputs noted while their unit was on the cluster that, now
+        it has landed, differ from what its run wrote (its results, as recorded; the store
+        where a result is missing): changed by someone else."""
+        done = [unit for unit in self._awaited if unit not in in_flight]
+        news: list[tuple[Unit, str]] = []
+        for unit in done:
+            noted, results = self._awaited.pop(unit)
+            wrote: dict[str, tuple[int, int]] = {}
+            for result in results:
+                if result.state == "done":
+                    wrote.update(decode_fingerprints(result.outputs))
+            unknown = {rel: path for rel, path in noted.items() if rel not in wrote}
+            news.extend((unit, path) for path in _as_recorded(store, unit, unknown))
+            news.extend(
+                (unit, path)
+                for rel, path in noted.items()
+                if rel in wrote and stat_known(path) != wrote[rel]
+            )
+        return news
+
+    def __len__(self) -> int:
+        return len(self._awaited)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a watched path belongs: `kind` "config", "script" or "data" (else None:
+    ignored); for data, its dataset-relative path, the units it maps to and the unit whose
+    step writes it (None: no step does)."""
+
+    kind: str | None
+    relative: str = ""
+    units: tuple[Unit, ...] = ()
+    owner: Unit | None = None
+
+
+_IGNORED = Route(None)
+
+
+class PathRoutes:
+    """The loop's mapping of a changed path to what it concerns, remembered per path.
+
+    A burst brings several events per file (created, modified, closed; a folder's own
+    `modified` for each of its files), and pattern matching is the dearest part of an
+    event's handling: a path is mapped once while the workspace's configuration stays the
+    same (`engine`: the `Engine` in use; a reload makes a new one), then looked up. Hidden
+    names (rsync's .name.XXXXXX, our temporary outputs) are ignored below the watched
+    folders, whatever the folders above them are called; a `[records] ready_when` marker is
+    not, hidden or not (`{id}/.done`); the state folder and the record logs are ignored."""
+
+    def __init__(self, own: OwnOutputs, size: int = 20_000) -> None:
+        self._own = own
+        self._size = size
+        self._engine: object = None
+        self._routes: dict[str, Route] = {}
+        self._folders: tuple[str, str, str, str] = ("", "", "", "")
+        self._config_files: frozenset[str] = frozenset()
+
+    def route(self, engine: Engine, path: str) -> Route:
+        """Where `path` (absolute, as the watcher reports it) belongs."""
+        if engine is not self._engine:
+            self._use(engine)
+        found = self._routes.get(path)
+        if found is None:
+            found = self._map(engine, path)
+            if len(self._routes) >= self._size:  # a bounded memory: start again
+                self._routes.clear()
+            self._routes[path] = found
+        return found
+
+    def _use(self, engine: Engine) -> None:
+        config = engine.config
+        self._engine = engine
+        self._routes.clear()
+        dataset = str(config.dataset)
+        self._folders = (str(config.state_dir), os.path.join(dataset, LOG_FOLDER),
+                         str(config.scripts), dataset)  # fmt: skip
+        self._config_files = frozenset(str(f) for f in config.files)
+
+    def _map(self, engine: Engine, path: str) -> Route:
+        state, logs, scripts, dataset = self._folders
+        if _under(path, state) or _under(path, logs):
+            return _IGNORED
+        if path in self._config_files:
+            return Route("config")
+        if _under(path, scripts):
+            relative = path[len(scripts) + 1 :]
+            return Route("script") if path.endswith(".py") and not _hidden(relative) else _IGNORED
+        if not path.startswith(dataset + os.sep):
+            return _IGNORED
+        relative = path[len(dataset) + 1 :].replace(os.sep, "/")
+        if (record_id := engine.marker_record(relative)) is not None:
+            return Route("data", relative, tuple(engine.units(Scope(), [record_id])))
+        if _hidden(relative):
+            return _IGNORED
+        units = tuple(engine.layout.units_for_path(relative))
+        owner = self._own.owner(engine.layout, relative) if units else None
+        return Route("data", relative, units, owner)
+
+
+def _hidden(relative: str) -> bool:
+    return any(name.startswith(".") for name in relative.split("/"))
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _as_recorded(store: StateStore, unit: Unit, paths: dict[str, str]) -> list[str]:
+    """The paths (of `paths`: relative -> absolute) that differ from the outputs the store
+    recorded for `unit`'s steps (or that it never recorded)."""
+    if not paths:
+        return []
+    prefix = run_key(unit, "")
+    recorded: dict[str, tuple[int, int]] = {}
+    for key, run in store.read_record([unit.record_id]).items():
+        if key.startswith(prefix) and run.outputs:
+            recorded.update(decode_fingerprints(run.outputs))
+    return [
+        path
+        for relative, path in paths.items()
+        if relative not in recorded or stat_known(path) != recorded[relative]
+    ]
+
+
+def _owner_matchers(layout: Layout) -> list[tuple[Matcher, tuple[str | None, str | None]]]:
+    """Each unit key's output patterns, compiled for that key."""
+    config = layout.config
+    out = []
+    for task, modality in layout.unit_keys(Scope()):
+        tasks = None if task is None else (task,)
+        for step in layout.steps(task, modality):
+            for pattern in step.outputs.patterns:
+                if "id" in pattern.fields:
+                    out.append((pattern.compile(config.id_regex, tasks), (task, modality)))
+    return out
 
 
 def _output_matchers(layout: Layout) -> list[Matcher]:

@@ -8,9 +8,6 @@ uvicorn: `startup()`, `serve()`, `shutdown()`.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-import os
 import queue
 import signal
 import time
@@ -27,13 +24,13 @@ from sinagot.execute import DaskExecutor, Submitted, newest_input
 from sinagot.layout import Scope, Unit
 from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
-from sinagot.recordlog import LOG_FOLDER
 from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
 from sinagot.runner import Outcome, StepResult, one_line, refused_result
 from sinagot.state import StateError
 
 from .alerts import load_notify
 from .arrivals import Arrivals
+from .backlog import Backlog
 from .monitor import Monitor
 from .retries import Reconnects, Retries
 from .sdnotify import Notifier
@@ -91,12 +88,9 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.messages: queue.Queue = queue.Queue()
-        self.in_flight: dict[Unit, Flight] = {}
-        self.waiting: list[tuple[float, int, Unit]] = []  # heap: (-priority, seq, unit)
-        self.waiting_plans: dict[Unit, list[StepPlan]] = {}
-        self.dirty: set[Unit] = set()
+        # What waits, what flies, what changed meanwhile (see sinagotd/backlog.py).
+        self.books: Backlog[Unit, list[StepPlan], Flight] = Backlog()
         self.retries: Retries[Unit] = Retries()  # units whose steps could not run
-        self.lost_generations: dict[Unit, str] = {}  # in flight when the cluster was lost
         self.failed_steps = 0
         self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
         self.unreadable: dict[str, str] = {}  # dataset path -> why it cannot be read (reported)
@@ -104,7 +98,6 @@ class Daemon:
         self.later: dict[Unit, tuple[bool, str | None]] = {}  # busy unit -> (force, step) asked
         self.stops = 0
         self.reload_requested = False
-        self._ids = itertools.count()
         self._idle = False
         self._reconnect_at: float | None = None
         self._reconcile_due = False
@@ -184,7 +177,7 @@ class Daemon:
 
     def _queues(self) -> tuple[int, int]:
         """(queued, in flight) units, read by a `/metrics` scrape from the web thread."""
-        return len(self.waiting_plans), len(self.in_flight)
+        return len(self.books.waiting), len(self.books.flights)
 
     def _settings(self, ws: Engine) -> DaemonSettings:
         return load_settings(
@@ -300,28 +293,23 @@ class Daemon:
             self._say("watch.error", self.log.warning, error=message.error)
 
     def _path_changed(self, path: str, now: float) -> None:
-        """Hidden names (our temporary outputs, rsync's .name.XXXXXX, the state folder) are
-        ignored below the watched folders, whatever the folders above them are called; a
-        `[records] ready_when` marker is not, hidden or not (`{id}/.done`)."""
-        config = self.ws.config
-        if _under(path, config.state_dir) or _under(path, config.dataset / LOG_FOLDER):
-            return
-        if any(path == str(f) for f in config.files):
+        """A watched path changed: settle what it concerns (`Arrivals.routes` says what:
+        hidden names, the state folder and the logs are ignored). An output that the
+        daemon's own run wrote is no news for the unit that wrote it (`OwnOutputs`)."""
+        route = self.units_settle.routes.route(self.ws, path)
+        if route.kind == "config":
             self.config_settle.touch(Path(path), now)
-        elif _under(path, config.scripts):
-            if path.endswith(".py") and not _hidden(os.path.relpath(path, config.scripts)):
-                self.scripts_settle.touch(Path(path), now)
-        elif _under(path, config.dataset):
-            relative = os.path.relpath(path, config.dataset).replace(os.sep, "/")
-            output = False
-            if (record_id := self.ws.marker_record(relative)) is not None:
-                units = self.ws.units(Scope(), [record_id])  # its marker: the record may go
-            elif _hidden(relative):
-                return
-            else:
-                units = self.ws.layout.units_for_path(relative)
-                output = bool(units) and self.units_settle.is_output(self.ws.layout, relative)
-            self.units_settle.changed(path, units, now, output)
+        elif route.kind == "script":
+            self.scripts_settle.touch(Path(path), now)
+        elif route.kind == "data":
+            units, owner = route.units, route.owner
+            flight = self.books.flights.get(owner) if owner is not None else None
+            results = flight.results if flight is not None else None  # None: not in flight
+            if owner is not None and self.units_settle.own.expected(
+                owner, route.relative, path, results, self.ws.store
+            ):  # its own run's output: no plan (a reader in another unit still gets one)
+                units = tuple(u for u in units if u != owner)
+            self.units_settle.changed(path, units, now, owner is not None)
             if units:  # a sidecar no step reads is no work: no `daemon.idle` per event
                 self._idle = False
 
@@ -338,6 +326,8 @@ class Daemon:
             keys = {key for script in scripts for key in self.ws.layout.uses_script(script)}
             ids = list(self.ws.layout.discover(Scope()))
             self.replan([Unit(r, t, m) for r in ids for t, m in keys])
+        for unit, path in self.units_settle.own.landed(self.books.flights, self.ws.store):
+            self.units_settle.changed(path, [unit], now, output=True)  # changed since its run
         self.units_settle.tick(now)
         units = self.units_settle.due(now)
         if units:
@@ -346,7 +336,7 @@ class Daemon:
                 self.retries.forget(unit)
             self.replan(units)
         for unit in self.retries.due(now):
-            if unit not in self.in_flight and self._paused_until is None:
+            if unit not in self.books.flights and self._paused_until is None:
                 self.replan([unit])
         if self._paused_until is not None and now >= self._paused_until:
             self._paused_until = None
@@ -362,15 +352,14 @@ class Daemon:
             self._next_rescan = now + self.settings.rescan_seconds
             self.reconcile()
         self._check_cluster(now)
-        self.monitor.tick(now, self.waiting_plans.keys, self.units_settle.keys)
+        self.monitor.tick(now, self.books.waiting.keys, self.units_settle.keys)
         if self._is_idle() and not self._idle:
             self._idle = True
             self.log.info("daemon.idle")
 
     def _is_idle(self) -> bool:
         return not (
-            self.in_flight or self.waiting_plans or self.dirty or self.lost_generations
-            or len(self.units_settle)
+            not self.books.idle() or self.books.lost or len(self.units_settle)
             or len(self.scripts_settle) or len(self.config_settle)
         )  # fmt: skip
 
@@ -393,8 +382,7 @@ class Daemon:
         problems: list[PathProblem] = []
         units = self.ws.units(Scope(), problems=problems)
         # A unit whose files are still arriving is planned when they settle, not before.
-        free = [u for u in units if u not in self.in_flight and u not in self.units_settle]
-        self.dirty.update(u for u in units if u in self.in_flight)
+        free = [u for u in self.books.split(units) if u not in self.units_settle]
         stale = self._queue(self.ws.plan(free, stale_only=True, problems=problems))
         self._path_problems(problems, everything=True)
         self.monitor.changed_everything()
@@ -415,13 +403,9 @@ class Daemon:
 
     def replan(self, units: Sequence[Unit], force: bool = False, only: str | None = None) -> None:
         self.monitor.changed(units)
-        busy = [u for u in units if u in self.in_flight]
-        self.dirty.update(busy)
         # A unit whose files are arriving is planned once they settle, unless a person asked.
         asked = force or only is not None
-        free = [
-            u for u in units if u not in self.in_flight and (asked or u not in self.units_settle)
-        ]
+        free = [u for u in self.books.split(units) if asked or u not in self.units_settle]
         if free:
             problems: list[PathProblem] = []
             plans = self.ws.plan(free, stale_only=True, force=force, only=only, problems=problems)
@@ -432,51 +416,39 @@ class Daemon:
     def _queue(self, plans: list[StepPlan], replanned: Sequence[Unit] = ()) -> int:
         """Queue units with stale steps, newest input first; drop those now up to date."""
         for unit in replanned:
-            self.waiting_plans.pop(unit, None)
+            self.books.drop(unit)
             self.retries.cancel(unit)
+        self.monitor.metrics.planned.inc(len(replanned))
         by_unit: dict[Unit, list[StepPlan]] = {}
         for plan in plans:
             by_unit.setdefault(plan.unit, []).append(plan)
         for unit, unit_plans in by_unit.items():
-            fresh = unit not in self.waiting_plans
-            self.waiting_plans[unit] = unit_plans
-            if fresh:
-                job = self.ws.job(unit_plans[0])
-                heapq.heappush(self.waiting, (-newest_input([job]), next(self._ids), unit))
+            waiting = unit in self.books.waiting  # keeps its place: no need to look again
+            priority = 0 if waiting else newest_input([self.ws.job(unit_plans[0])])
+            self.books.queue(unit, unit_plans, priority)
         return len(by_unit)
 
     def _fill(self) -> None:
         if self.stops or self._reconnect_at is not None or self._paused_until is not None:
             return
-        batch: dict[Unit, list[StepPlan]] = {}
-        room = self.ws.config.dask.max_in_flight - len(self.in_flight)
-        popped = []
-        while self.waiting and len(batch) < room:
-            entry = heapq.heappop(self.waiting)
-            plans = self.waiting_plans.get(entry[2])
-            # A unit can be in the heap twice (queued, then put back): taken once.
-            if plans is not None and entry[2] not in self.in_flight and entry[2] not in batch:
-                batch[entry[2]] = plans
-                popped.append(entry)
+        room = self.ws.config.dask.max_in_flight - len(self.books.flights)
         # Units of steps never timed go out a few at a time: their first results say how
         # many units a Dask task should hold. The rest wait in the queue, in their order.
-        admitted = self.executor.admit(
-            [[kind(u.task, u.modality, p.step.name) for p in plans] for u, plans in batch.items()]
-        )
-        for entry in popped[admitted:]:
-            heapq.heappush(self.waiting, entry)
-            del batch[entry[2]]
-        for unit in batch:
-            del self.waiting_plans[unit]
+        batch = self.books.take(room, self._admit)
         if batch:
             self._submit(batch)
 
+    def _admit(self, batch: Sequence[tuple[Unit, list[StepPlan]]]) -> int:
+        return self.executor.admit(
+            [[kind(u.task, u.modality, p.step.name) for p in plans] for u, plans in batch]
+        )
+
     def _submit(self, batch: dict[Unit, list[StepPlan]]) -> None:
         """Submit these units' chains, newest first (the order they come in)."""
-        chains = []
-        for unit, plans in batch.items():
-            jobs = [self.ws.job(plan) for plan in plans]
-            chains.append((jobs, self.lost_generations.get(unit) or self.ws.generation(unit, jobs)))
+        units = [(unit, [self.ws.job(plan) for plan in plans]) for unit, plans in batch.items()]
+        fresh = [(unit, jobs) for unit, jobs in units if unit not in self.books.lost]
+        names = dict(zip([u for u, _ in fresh], self.ws.generations(fresh), strict=True))
+        chains = [(jobs, self.books.lost.get(unit) or names[unit]) for unit, jobs in units]
         try:
             self.ws.store.mark_submitted(
                 [
@@ -492,13 +464,13 @@ class Daemon:
             return
         self._pause_backoff = 1.0
         for unit in batch:
-            self.lost_generations.pop(unit, None)
+            self.books.lost.pop(unit, None)
         ended = self.messages.put
         try:
             submitted = self.executor.submit(chains, lambda s, result: ended(StepEnded(s, result)))
         except Exception as exc:  # the client closed under us: the scheduler is gone
             for (unit, plans), (_, generation) in zip(batch.items(), chains, strict=True):
-                self.lost_generations[unit] = generation
+                self.books.lost[unit] = generation
                 self._requeue(unit, plans)
             self._cluster_lost(one_line(exc))
             return
@@ -507,14 +479,13 @@ class Daemon:
         for (unit, plans), one, (_, generation) in zip(
             batch.items(), submitted, chains, strict=True
         ):
-            self.in_flight[unit] = Flight(one, generation)
+            self.books.fly(unit, Flight(one, generation))
             for plan in plans:
                 self.log.info("step.submitted", **_where(unit), step=plan.step.name,
                               reasons=list(plan.reasons))  # fmt: skip
 
     def _requeue(self, unit: Unit, plans: list[StepPlan]) -> None:
-        self.waiting_plans[unit] = plans
-        heapq.heappush(self.waiting, (0.0, next(self._ids), unit))
+        self.books.requeue(unit, plans)
 
     # -- results ----------------------------------------------------------------------------
 
@@ -523,11 +494,11 @@ class Daemon:
         current = [
             (m.submitted, m.result)
             for m in messages
-            if (f := self.in_flight.get(m.submitted.unit)) and f.submitted is m.submitted
+            if (f := self.books.flights.get(m.submitted.unit)) and f.submitted is m.submitted
         ]
         results: list[StepResult] = []
         for submitted, _, result in self.executor.collect(current):
-            flight = self.in_flight[submitted.unit]
+            flight = self.books.flights[submitted.unit]
             client_down = self.connection is None or self.connection.client.status != "running"
             if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
                 flight.lost = True
@@ -539,7 +510,7 @@ class Daemon:
         recorded = self._record(results)  # recorded before any receipt is dropped
         if not recorded:  # announced already: not again when their receipts are ingested
             self.unrecorded.update(r.run_id for r in results if r.run_id)
-        landed = {s.unit: self.in_flight[s.unit] for s, _ in current if s.ended}
+        landed = {s.unit: self.books.flights[s.unit] for s, _ in current if s.ended}
         self.monitor.changed(landed)
         for unit, flight in landed.items():
             self._landed(unit, flight, recorded)
@@ -557,7 +528,7 @@ class Daemon:
 
     def _ingest(self) -> list[StepResult]:
         """Record and announce what the receipts of units not on the cluster hold."""
-        results = self.ws.ingest_receipts(busy=self.in_flight, on_invalid=self._invalid_receipt)
+        results = self.ws.ingest_receipts(busy=self.books.flights, on_invalid=self._invalid_receipt)
         self._recovered(results)
         return results
 
@@ -588,13 +559,11 @@ class Daemon:
             self.log.error("step.failed", **where, error=result.error, duration_s=duration, **extra)
 
     def _landed(self, unit: Unit, flight: Flight, recorded: bool = True) -> None:
-        del self.in_flight[unit]
         if flight.lost:  # submitted again, under the same name, once the cluster is back
-            self.dirty.discard(unit)
-            self.lost_generations[unit] = flight.generation
+            self.books.lose(unit, flight.generation)
             return
+        changed = self.books.land(unit)
         if not recorded:  # its receipts stay, for the reconcile after the store's retry
-            self.dirty.discard(unit)
             return
         self.ws.forget(flight.results)
         if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
@@ -604,8 +573,7 @@ class Daemon:
                 self._give_up(flight, attempts)
         else:
             self.retries.forget(unit)
-        if unit in self.dirty:
-            self.dirty.discard(unit)
+        if changed:
             force, only = self.later.pop(unit, (False, None))
             self.replan([unit], force=force, only=only)
 
@@ -640,7 +608,7 @@ class Daemon:
         if self._reconnect_at is None:
             if (
                 self.connection.client.status == "running"
-                and self.lost_generations
+                and self.books.lost
                 and self._paused_until is None
             ):
                 self._resubmit_lost()
@@ -661,28 +629,27 @@ class Daemon:
             return
         self._reconnect_at = None
         self._idle = False  # a `daemon.idle` follows the recovery, even with nothing to redo
-        self.lost_generations.update({u: f.generation for u, f in self.in_flight.items()})
-        self.in_flight.clear()
+        self.books.lose_all(lambda flight: flight.generation)
         self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
-                      resubmitting=len(self.lost_generations))  # fmt: skip
+                      resubmitting=len(self.books.lost))  # fmt: skip
         self._resubmit_lost()
 
     def _resubmit_lost(self) -> None:
         """Units the cluster lost: record what their workers finished, plan them again
         (fresh: the plans made before may be out of date), submit under their old names."""
-        lost = [u for u in self.lost_generations if u not in self.in_flight]
+        lost = [u for u in self.books.lost if u not in self.books.flights]
         self._ingest()
         for unit in lost:
-            self.waiting_plans.pop(unit, None)
+            self.books.waiting.pop(unit, None)
         self.replan(lost)
         for unit in lost:  # up to date after all: nothing to resubmit under that name
-            if unit not in self.in_flight and unit not in self.waiting_plans:
-                self.lost_generations.pop(unit, None)
+            if unit not in self.books.flights and unit not in self.books.waiting:
+                self.books.lost.pop(unit, None)
 
     def _cluster_lost(self, why: str) -> None:
         if self._reconnect_at is not None:
             return
-        in_flight = len(set(self.in_flight) | set(self.lost_generations))
+        in_flight = len(set(self.books.flights) | set(self.books.lost))
         scheduler = self.connection.scheduler if self.connection else None
         self.log.warning("cluster.lost", scheduler=scheduler, in_flight=in_flight, error=why)
         self._reconnect_at = self.clock()
@@ -721,14 +688,14 @@ class Daemon:
             self._refused(peer, str(exc))
             return {"ok": False, "error": str(exc)}
         units = self.ws.units(scope, ids)
-        busy = [u for u in units if u in self.in_flight]
-        generations = {u: self.in_flight[u].generation for u in busy}  # what --wait follows
-        free = [u for u in units if u not in self.in_flight]
+        busy = [u for u in units if u in self.books.flights]
+        generations = {u: self.books.flights[u].generation for u in busy}  # what --wait follows
+        free = [u for u in units if u not in self.books.flights]
         plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
         self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
                       force=request.force, step=request.step, wait=request.wait,
                       **_who(peer))  # fmt: skip
-        self.dirty.update(busy)
+        self.books.dirty.update(busy)
         if request.force or request.step is not None:  # applied when each lands
             self.later.update(dict.fromkeys(busy, (request.force, request.step)))
         self._queue(plans, replanned=free)
@@ -781,7 +748,7 @@ class Daemon:
         first = self.stops  # a second signal from now on, however soon, stops at once
         if not once:
             withdrawn = self._withdraw()
-            self.log.info("daemon.stopping", in_flight=len(self.in_flight), withdrawn=withdrawn)
+            self.log.info("daemon.stopping", in_flight=len(self.books.flights), withdrawn=withdrawn)
             self.notifier.stopping()
         if self.requests is not None:
             self.requests.close()
@@ -789,14 +756,14 @@ class Daemon:
             self.watcher.stop()
         self.units_settle.close()  # no `arriving.json` left behind
         deadline = self.clock() + self.settings.stop_grace_seconds
-        while self.in_flight and self.clock() < deadline and self.stops <= max(first, 1):
+        while self.books.flights and self.clock() < deadline and self.stops <= max(first, 1):
             try:
                 message = self.messages.get(timeout=TICK)
             except queue.Empty:
                 continue
             if isinstance(message, StepEnded):
                 self._ended([message])
-        left = len(self.in_flight)
+        left = len(self.books.flights)
         self.monitor.close(alerts_timeout=max(min(deadline - self.clock(), 5.0), 1.0))
         with contextlib.suppress(Exception):
             self.executor.close()
@@ -808,10 +775,10 @@ class Daemon:
     def _withdraw(self) -> int:
         """Units on the cluster that no worker has begun leave it now, recorded as not run
         (planned again at the next start); only those running get the grace period."""
-        if not self.in_flight or self._reconnect_at is not None:
+        if not self.books.flights or self._reconnect_at is not None:
             return 0
         try:
-            withdrawn = self.executor.withdraw([f.submitted for f in self.in_flight.values()])
+            withdrawn = self.executor.withdraw([f.submitted for f in self.books.flights.values()])
         except Exception as exc:  # the cluster is going too: the grace period is all there is
             self.log.warning("cluster.unreachable", error=one_line(exc), retry_in_s=None)
             return 0
@@ -822,7 +789,7 @@ class Daemon:
         ]
         if self._record(results):
             for submitted in withdrawn:
-                del self.in_flight[submitted.unit]
+                del self.books.flights[submitted.unit]
         return len(withdrawn)
 
     @contextlib.contextmanager
@@ -877,15 +844,6 @@ def _who(peer: Peer) -> dict[str, int]:
 
 def _where(unit: Unit) -> dict[str, str | None]:
     return {"record_id": unit.record_id, "task": unit.task, "modality": unit.modality}
-
-
-def _hidden(relative: str) -> bool:
-    return any(name.startswith(".") for name in relative.replace(os.sep, "/").split("/"))
-
-
-def _under(path: str, folder: Path) -> bool:
-    folder_s = str(folder)
-    return path == folder_s or path.startswith(folder_s + os.sep)
 
 
 def _lost(result: StepResult) -> bool:

@@ -50,6 +50,12 @@ class Metrics:
             "sinagot_watch_errors", "File-system observer errors (each starts a rescan)",
             registry=r,
         )  # fmt: skip
+        self.planned = Counter(
+            "sinagot_units_planned",
+            "Units planned one by one (a file settled, a retry, a run that landed dirty, a "
+            "`sinagot run` request); full reconciles are not counted",
+            registry=r,
+        )  # fmt: skip
         self.cluster_connected = Gauge(
             "sinagot_cluster_connected", "1 while the Dask client is connected", registry=r
         )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from sinagot.board import Board, Overlay, rows_from_plans
+from sinagot.board import Board, Overlay, iter_rows, rows_from_plans
 from sinagot.engine import Engine
 from sinagot.layout import Scope, Unit
 from sinagot.pageview import board_for, record_detail
@@ -158,7 +158,8 @@ class StatusKeeper:
             self._full = False
             started = self.clock()
             board = board_for(engine, generation=self.board.generation if self.board else 0)
-            board.replace_all(rows_from_plans(engine.plan(engine.units(Scope())), overlay))
+            # Rows one at a time into the board's compact table: no million Row objects.
+            board.replace_all(iter_rows(engine.plan(engine.units(Scope())), overlay))
             self.board = board
             cost = self.clock() - started
             self._next_full = self.clock() + max(FULL_MIN, FULL_SPACING * cost)

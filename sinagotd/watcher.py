@@ -13,6 +13,16 @@
   (`closed`, IN_CLOSE_WRITE): `OpenWrites` keeps the files written and not yet closed, which
   the daemon does not act on (`sinagotd.arrivals`). The polling observer has no such
   events: there, size and modification time must hold still instead.
+- A recursive inotify watch covers every folder below it, and each event on it goes
+  through watchdog's threads and then the loop. The library's own folders in the dataset
+  (`LOG/`, the record logs, and `.sinagot/`, the workers' receipts) are written at every
+  step and never mapped to a record: they are not watched (`_PrunedObserver`), which halves
+  the events of a burst (fewer lost to an inotify queue overflow, less CPU).
+- inotify has kernel limits (`fs.inotify.max_user_watches`: one watch a folder;
+  `fs.inotify.max_queued_events`: events not yet read). At start, `watch.limits` says what
+  is used and what the limits are, as a warning naming the sysctl to raise when the watches
+  take more than half of theirs; an overflow's `watch.error` names the queue's sysctl.
+  Nothing is lost on an overflow: the loop reconciles (a full plan of every unit).
 """
 
 from __future__ import annotations
@@ -25,11 +35,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
+
+from sinagot.patterns import TEMP_PREFIX
+
+try:  # watchdog >= 7's inotify internals, for the pruned observer (else a plain one)
+    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+except ImportError:  # not Linux, or another watchdog
+    InotifyEmitter = InotifyObserver = InotifyWatchGroup = None  # type: ignore[assignment,misc]
 
 #: Events that can mean "this file's content changed"; opens and reads (our own steps
 #: read inputs all the time) are not among them.
@@ -39,6 +58,14 @@ WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify"
 #: in is created without being opened for writing.
 _CREATED_KEPT = 60.0
 _CREATED_MAX = 4096
+#: Folders directly below a recursively watched folder that are not watched: the record
+#: logs and the receipts the workers write at every step (`sinagot.recordlog.LOG_FOLDER`,
+#: `Engine.receipts`' parent); the daemon ignores their events anyway.
+UNWATCHED = (b"LOG", b".sinagot")
+LIMITS = Path("/proc/sys/fs/inotify")
+#: A step's outputs under their temporary names (created, written, closed, renamed away):
+#: never data, never a marker; about half of a burst's events. Not even queued.
+_OURS = os.sep + TEMP_PREFIX
 
 
 @dataclass(frozen=True)
@@ -126,10 +153,13 @@ class _Enqueue(FileSystemEventHandler):
         if self._writes is not None and not event.is_directory:
             self._track(event)
         if event.event_type in CONTENT_EVENTS:
-            path = event.dest_path or event.src_path
-            self._messages.put(PathChanged(os.fsdecode(path), event.is_directory))
+            path = os.fsdecode(event.dest_path or event.src_path)
+            if _OURS not in path:
+                self._messages.put(PathChanged(path, event.is_directory))
             if event.event_type == "moved" and event.src_path:
-                self._messages.put(PathChanged(os.fsdecode(event.src_path), event.is_directory))
+                source = os.fsdecode(event.src_path)
+                if _OURS not in source:
+                    self._messages.put(PathChanged(source, event.is_directory))
 
     def _track(self, event: FileSystemEvent) -> None:
         """Never raises: an exception here would stop the observer's thread."""
@@ -150,7 +180,117 @@ class _Errors(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self._writes.clear()  # events were lost: a close among them would hold a file
-        self._messages.put(WatchError(record.getMessage()))
+        self._messages.put(WatchError(_overflow_advice(record.getMessage(), read_limits())))
+
+
+def _pruned(root: bytes, path: bytes) -> bool:
+    """Is `path` in (or is) one of the UNWATCHED folders directly below `root`?"""
+    if not path.startswith(root + b"/"):
+        return False
+    first = path[len(root) + 1 :].split(b"/", 1)[0]
+    return first in UNWATCHED
+
+
+if InotifyWatchGroup is not None and hasattr(InotifyWatchGroup, "_add_callback"):
+
+    class _PrunedGroup(InotifyWatchGroup):  # type: ignore[misc,valid-type]
+        """A (recursive) watch group that adds no watch in the UNWATCHED folders, at start
+        and when folders are created later."""
+
+        def _add_callback(self, path: bytes) -> None:
+            if _pruned(self.path, path):
+                return
+            super()._add_callback(path)
+
+    class _PrunedEmitter(InotifyEmitter):  # type: ignore[misc,valid-type]
+        def on_thread_start(self) -> None:
+            self._inotify = _PrunedGroup(
+                self._inotify_fd,
+                os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink,
+            )
+
+    class _PrunedObserver(InotifyObserver):  # type: ignore[misc,valid-type]
+        """watchdog's inotify observer, its emitters' recursive watches pruned."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._emitter_class = _PrunedEmitter
+
+else:  # pragma: no cover - another watchdog: every folder is watched
+    _PrunedObserver = None  # type: ignore[assignment,misc]
+
+
+def _inotify_observer() -> BaseObserver:
+    """The pruned observer where this watchdog allows it, else watchdog's own."""
+    if _PrunedObserver is not None:
+        try:
+            return _PrunedObserver()
+        except (AttributeError, TypeError):  # internals moved: watch everything instead
+            pass
+    return Observer()
+
+
+def is_inotify(observer: BaseObserver) -> bool:
+    """Does this observer report inotify's events (closes among them)?"""
+    return InotifyObserver is not None and isinstance(observer, InotifyObserver)
+
+
+def watch_count(observer: BaseObserver) -> int | None:
+    """The inotify watches (folders) an observer holds; None where it cannot be told."""
+    total = 0
+    for emitter in getattr(observer, "emitters", ()):
+        group = getattr(emitter, "_inotify", None)
+        watches = getattr(group, "_active_callbacks_by_watch", None)
+        if watches is None:
+            return None
+        total += len(watches)
+    return total
+
+
+def read_limits(folder: Path = LIMITS) -> dict[str, int]:
+    """The kernel's inotify limits that matter here (absent ones left out)."""
+    limits = {}
+    for name in ("max_user_watches", "max_queued_events"):
+        try:
+            limits[name] = int((folder / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return limits
+
+
+def check_limits(watches: int | None, limits: dict[str, int], log: Any) -> None:
+    """One `watch.limits` event: the watches used and the kernel's limits; a warning naming
+    the sysctl to raise when the watches take more than half of `max_user_watches` (the
+    dataset's folders may grow, and other programs of the user watch too)."""
+    most = limits.get("max_user_watches")
+    fields: dict[str, object] = {"watches": watches, **limits}
+    if watches is not None and most is not None and watches > most // 2:
+        log.warning(
+            "watch.limits", **fields,
+            action=f"raise it: sysctl fs.inotify.max_user_watches={_room(watches)} "
+            "(and in /etc/sysctl.d/ to keep it)",
+        )  # fmt: skip
+    else:
+        log.info("watch.limits", **fields, action=None)
+
+
+def _room(watches: int) -> int:
+    """A max_user_watches with room to grow: four times what is used, a round number."""
+    return max(8192, 1 << (4 * watches - 1).bit_length())
+
+
+def _overflow_advice(message: str, limits: dict[str, int]) -> str:
+    if "overflow" not in message.lower():
+        return message
+    queued = limits.get("max_queued_events")
+    now = f", now {queued}" if queued is not None else ""
+    return (
+        f"{message}; a reconcile follows. To avoid it, raise "
+        f"fs.inotify.max_queued_events{now} (sysctl)"
+    )
 
 
 class Watcher:
@@ -171,6 +311,7 @@ class Watcher:
         #: Files open for writing (inotify only; always empty with the polling observer).
         self.writes = OpenWrites()
         self._errors = _Errors(messages, self.writes)
+        self._started = False
 
     @property
     def kind(self) -> str:
@@ -184,14 +325,18 @@ class Watcher:
         if self._kind == "polling":
             observer: BaseObserver = PollingObserver(timeout=self._polling)
         else:
-            observer = Observer()
+            observer = _inotify_observer()
         self.writes.clear()  # what was open before a restart is unknown: events were missed
-        closes = "inotify" in type(observer).__module__  # only inotify reports closes
+        closes = is_inotify(observer)  # only inotify reports closes
         handler = _Enqueue(self._messages, self.writes if closes else None)
         for folder, recursive in self._folders:
             observer.schedule(handler, str(folder), recursive=recursive)
         observer.start()
+        first = self._observer is None and not self._started
         self._observer = observer
+        self._started = True
+        if first and closes:  # once a process: a restart after an error says nothing new
+            check_limits(watch_count(observer), read_limits(), structlog.get_logger("sinagotd"))
 
     def alive(self) -> bool:
         observer = self._observer

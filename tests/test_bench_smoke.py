@@ -93,6 +93,58 @@ def test_bench_daemon() -> None:
     assert "PROBLEM:" not in out
 
 
+def test_bench_daemon_big_built() -> None:
+    """(b) on records written up to date (`--prepare build`, the way a million are made):
+    the fresh daemon must find all of them, and none stale."""
+    out = run_bench(
+        "bench_daemon.py", "--part", "b", "--small", "20", "--n-big", "150", "--prepare", "build"
+    )
+    assert_lines(
+        out,
+        r"^\(b\) bring 150 up to date \(build\) +[\d.]+ s: files and 300 runs written, "
+        r"the planner finds nothing stale \(checked 150 units\)$",
+        r"^\(b\) 150: start to daemon\.ready +[\d.]+ s \(.*units 150, stale 0\)",
+        r"^\(b\) 150: daemon CPU once idle +[\d.]+ s",
+        r"^\(b\) 150: daemon RSS +\d+ MB +\(target < 300 MB at 100,000, < 1000 MB at 1,000,000\)",
+    )
+    assert "PROBLEM:" not in out
+
+
+def test_uptodate_builder(tmp_path: Path) -> None:
+    """tests/bench/_uptodate.py writes records up to date without running their steps: as
+    a run would, so that `sinagot status` agrees, and a change to what it wrote is seen."""
+    dest = tmp_path / "ws"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "_uptodate.py"), str(dest), "300"],
+        cwd=BENCH, env=_common.clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "300 records up to date" in done.stdout
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sinagot", "status", str(dest), *args],
+            env=_common.clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
+            check=False,
+        )  # fmt: skip
+
+    every = status()
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert_lines(every.stdout, r"^600 step\(s\): 600 DONE$")
+
+    output = dest / "dataset" / "computed" / "REC-00000123-mean.csv"
+    rows = len((dest / "dataset" / "raw" / "REC-00000123-raw.csv").read_text().splitlines()) - 1
+    assert output.read_text() == f"rows\n{rows}\n"  # what the trivial script itself writes
+    with output.open("a") as fh:
+        fh.write("edited by hand\n")
+    stale = status("--stale")
+    assert "REC-00000123  mean" in stale.stdout, stale.stdout
+    assert "changed since the run that wrote it" in stale.stdout, stale.stdout
+    assert_lines(stale.stdout, r"^1 step\(s\): 1 STALE$")
+    assert status("--check").returncode == 3
+
+
 def test_bench_faults() -> None:
     out = run_bench("bench_faults.py", "--rounds", "2", "--seed", "14")
     assert_lines(
@@ -116,6 +168,7 @@ def test_bench_status_page() -> None:
         out,
         r"^workspace: 500 records written",
         r"^first full board \(plan of every unit\): [\d.]+ s",
+        r"^board memory: [\d.]+ MB \(\d+ B a unit",
         r"^GET /api/status +median +[\d.]+ ms",
         r"^GET /api/status\?show=failed +median",
         r"^GET /metrics +median",

@@ -489,6 +489,11 @@ def test_a_run_resubmitted_after_its_submitter_died_keeps_its_name(harbor):
         ws._engine.store.mark_submitted([(unit, job.spec.name, "0ldrun00") for job in chain])
     with Workspace(harbor, verbose=False) as ws:  # the submitter died; another one comes
         assert ws._engine.generation(unit, chain) == "0ldrun00"
+        other = ws._engine.units(Scope(), ["REC-20200602"])[0]
+        other_chain = [ws._engine.job(p) for p in ws._engine.plan([other]) if p.run]
+        names = ws._engine.generations([(other, other_chain), (unit, chain)])
+        assert names[1] == "0ldrun00", "asked for many units at once, the same answer"
+        assert re.fullmatch(r"[0-9a-f]{8}", names[0]) and names[0] != "0ldrun00"
 
 
 # -- newest first ----------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 Builds a harbor-like workspace of N records (default 100,000; `example/make_dataset.py`,
 nothing run: every step DATA_READY), then, in this process, the daemon's own parts:
 
-- the status keeper's first full board (a real `Engine` planning every unit);
+- the status keeper's first full board (a real `Engine` planning every unit), and what it
+  keeps: the board's objects (sys.getsizeof, walked) and the process's RSS growth;
 - 1% of the records marked failed on the board (so that the failed filter has work);
 - the real Tornado server on a free loopback port, asked over HTTP: the page and its two
   assets, `/api/status` (first page), filtered and searched pages, a record's detail,
@@ -22,6 +23,7 @@ if a target is missed or, at any N, an answer is wrong.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import statistics
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from _common import ROOT, load_make_dataset, machine
 
-from sinagot.board import Row
+from sinagot.board import Board, Row
 from sinagotd.metrics import Metrics
 from sinagotd.statusview import StatusKeeper
 from sinagotd.web import StatusServer
@@ -63,6 +65,33 @@ def sample(url: str) -> tuple[float, float, bytes]:
         took, body = timed(url)
         times.append(took)
     return statistics.median(times), max(times), body
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (Linux), in MB."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
+def board_bytes(board: Board) -> int:
+    """What the board's table holds, walked object by object (shared objects once): the
+    figure issue 14 is about (a million units cost 840 MB before the compact table)."""
+    seen: set[int] = set()
+    total = 0
+    stack: list[object] = [board._t.rows, board._t.order, board._t.with_, board._t.cells,
+                           board._t.sizes, *board._t.with_.values()]  # fmt: skip
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+    return total
 
 
 def browser_first_paint(url: str) -> list[float] | None:
@@ -104,6 +133,8 @@ def main() -> int:
         root = load_make_dataset().make_workspace(work / "ws", args.n, trivial=True)
         print(f"workspace: {args.n} records written in {time.perf_counter() - start:.1f} s")
 
+        gc.collect()
+        rss_before = rss_mb()
         keeper = StatusKeeper(str(root), _Quiet())
         start = time.perf_counter()
         keeper.start()
@@ -111,6 +142,12 @@ def main() -> int:
             time.sleep(0.01)
         print(f"first full board (plan of every unit): {time.perf_counter() - start:.2f} s")
         board = keeper.board
+        gc.collect()
+        kept = board_bytes(board)
+        units = max(len(board.units()), 1)
+        grown = rss_mb() - rss_before
+        print(f"board memory: {kept / 2**20:.1f} MB ({kept / units:.0f} B a unit, its objects "
+              f"walked); process RSS +{grown:.0f} MB since before the keeper")  # fmt: skip
         failed = [u for i, u in enumerate(board.units()) if i % 100 == 7]
         board.update(Row(u, ("count", "mean"), ("ERROR", "INIT")) for u in failed)
 

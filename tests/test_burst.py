@@ -1,0 +1,217 @@
+"""The daemon's burst path: a record dropped in is planned once, not once more for each of
+its steps' outputs landing; an output changed by a person is still planned (and run) again;
+the watcher leaves the library's own busy folders (`LOG/`, `.sinagot/`) unwatched and says
+what inotify's kernel limits are, naming the sysctl to raise when they are short.
+
+Real sinagotd processes on a copy of example/harbor (tests/test_daemon.py's fixtures); plans
+are counted by the daemon's own `/metrics` (`sinagot_units_planned_total`). The watcher and
+`OwnOutputs` are also tested on their own, on real files and a real state store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_daemon import write_record
+
+from sinagot.engine import Engine
+from sinagot.layout import Unit
+from sinagot.patterns import TEMP_PREFIX
+from sinagotd.arrivals import OwnOutputs
+from sinagotd.watcher import (
+    PathChanged,
+    Watcher,
+    WatchError,
+    _Errors,
+    _overflow_advice,
+    check_limits,
+    watch_count,
+)
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="signals, process groups, /proc, AF_UNIX"
+)
+
+PLANNED = re.compile(r"^sinagot_units_planned_total (\S+)$", re.MULTILINE)
+
+
+def planned(base: str) -> int:
+    """Units the daemon has planned one by one so far (its /metrics counter)."""
+    with urllib.request.urlopen(base + "metrics", timeout=20) as answer:
+        found = PLANNED.search(answer.read().decode())
+    assert found, "sinagot_units_planned_total missing from /metrics"
+    return int(float(found.group(1)))
+
+
+def drop_and_finish(daemon, ws: Path, ids: list[str]) -> None:
+    """Move these records' raw files in at once (written beside the dataset first, so that
+    each arrives in one event and no busy machine can split a file's events across two
+    settle times); wait until each one's last step finished."""
+    staging = ws / "staging"  # outside the dataset: unwatched
+    (staging / "dataset" / "raw").mkdir(parents=True, exist_ok=True)
+    for record_id in ids:
+        written = write_record(staging, record_id)
+        os.replace(written, ws / "dataset" / "raw" / written.name)
+    for record_id in ids:
+        daemon.wait_for("step.finished", 120, record_id=record_id, step="mean")
+
+
+def test_new_records_are_planned_once_each_not_again_as_their_outputs_land(ws, sinagotd):
+    daemon = sinagotd(ws)
+    base = daemon.wait_for("daemon.started")["status_page"]
+    daemon.wait_for("daemon.idle", 120)
+    ids = [f"REC-202101{day:02d}" for day in range(1, 21)]
+    drop_and_finish(daemon, ws, ids)
+    # A last record after the burst: once it is done, every event of the burst's outputs
+    # has been through the loop (one queue, in order), whatever came after its results.
+    drop_and_finish(daemon, ws, ["REC-20210201"])
+    daemon.wait_for("daemon.idle", 60)
+    # Each new record: one plan when its raw file settled. Their 42 outputs (and the 6 of
+    # the first scan) landing: none (this was about 3 plans a record before).
+    assert planned(base) == len(ids) + 1
+    assert not daemon.seen("watch.error")
+    # The dataset's own folders and raw/, computed/, the scripts and the configuration's
+    # folder: LOG/ and .sinagot/ (written at every step) are not watched.
+    limits = daemon.seen("watch.limits")[0]
+    assert limits["level"] == "info" and limits["watches"] <= 5, limits
+
+
+def test_an_output_edited_by_hand_is_still_planned_and_run_again(ws, sinagotd):
+    daemon = sinagotd(ws)
+    base = daemon.wait_for("daemon.started")["status_page"]
+    daemon.wait_for("daemon.idle", 120)
+    before = planned(base)
+    output = ws / "dataset" / "computed" / "REC-20200602-count.csv"
+    original = output.read_text()
+    mark = daemon.mark()
+    with output.open("a") as file:  # a person's edit: size and mtime differ from the run's
+        file.write("999\n")
+    submitted = daemon.wait_for("step.submitted", 60, record_id="REC-20200602", step="count")
+    assert any("changed since the run that wrote it" in r for r in submitted["reasons"])
+    daemon.wait_for("step.finished", 60, record_id="REC-20200602", step="count")
+    daemon.wait_for("daemon.idle", 60)
+    assert output.read_text() == original  # written again by the step
+    assert planned(base) == before + 1
+    # Nothing else was touched: no other record was submitted.
+    assert {e["record_id"] for e in daemon.seen("step.submitted", mark)} == {"REC-20200602"}
+
+
+# -- the watcher -------------------------------------------------------------------------
+
+
+class Log:
+    """A stand-in for the daemon's structlog logger: what was said, by level."""
+
+    def __init__(self) -> None:
+        self.said: list[tuple[str, str, dict]] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.said.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.said.append(("warning", event, fields))
+
+
+def changed_paths(messages: queue.Queue, until: str, timeout: float = 10) -> set[str]:
+    """Paths of the PathChanged messages, until one for `until` came (or the deadline)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while until not in seen and time.monotonic() < deadline:
+        try:
+            message = messages.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if isinstance(message, PathChanged):
+            seen.add(message.path)
+    return seen
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+def test_the_logs_receipts_and_temporary_outputs_are_not_watched(tmp_path):
+    for folder in ("LOG", ".sinagot/receipts", "raw", "computed/deep"):
+        (tmp_path / folder).mkdir(parents=True)
+    messages: queue.Queue = queue.Queue()
+    watcher = Watcher(messages, [(tmp_path, True)])
+    watcher.start()
+    try:
+        assert watch_count(watcher._observer) == 4  # the root, raw, computed, computed/deep
+        for name in ("LOG/REC-1.log", ".sinagot/receipts/r1", ".sinagot/new/r2",
+                     f"computed/{TEMP_PREFIX}1-REC-1.csv", "raw/REC-1.csv"):  # fmt: skip
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("x")
+        os.replace(tmp_path / f"computed/{TEMP_PREFIX}1-REC-1.csv", tmp_path / "computed/a.csv")
+        (tmp_path / "computed" / "deep" / "b.csv").write_text("y")  # the last one written
+        seen = changed_paths(messages, str(tmp_path / "computed" / "deep" / "b.csv"))
+    finally:
+        watcher.stop()
+    relative = {os.path.relpath(p, tmp_path) for p in seen}
+    assert {"raw/REC-1.csv", "computed/a.csv", "computed/deep/b.csv"} <= relative
+    assert not [r for r in relative if r.startswith(("LOG/", ".sinagot")) or TEMP_PREFIX in r]
+
+
+def test_limits_are_said_once_and_the_sysctl_named_when_watches_run_short():
+    log = Log()
+    check_limits(40, {"max_user_watches": 8192, "max_queued_events": 16384}, log)
+    assert log.said == [("info", "watch.limits", {
+        "watches": 40, "max_user_watches": 8192, "max_queued_events": 16384, "action": None,
+    })]  # fmt: skip
+    log = Log()
+    check_limits(5000, {"max_user_watches": 8192, "max_queued_events": 16384}, log)
+    level, event, fields = log.said[0]
+    assert (level, event) == ("warning", "watch.limits")
+    assert "sysctl fs.inotify.max_user_watches=32768" in fields["action"]
+
+
+def test_an_overflow_names_the_queue_sysctl_and_forgets_open_writes():
+    messages: queue.Queue = queue.Queue()
+    watcher = Watcher(messages, [])
+    watcher.writes.event("modified", "/data/raw/a.csv")
+    errors = _Errors(messages, watcher.writes)
+    lost = "Inotify queue overflowed; filesystem events were lost"  # watchdog's words
+    errors.handle(logging.LogRecord("watchdog", logging.WARNING, __file__, 1, lost, (), None))
+    error = messages.get_nowait()
+    assert isinstance(error, WatchError) and "fs.inotify.max_queued_events" in error.error
+    assert len(watcher.writes) == 0  # a close among the lost events must not hold a file
+    assert _overflow_advice("watch lost", {}) == "watch lost"  # other warnings: as they are
+
+
+# -- outputs the daemon expects ------------------------------------------------------------
+
+
+def test_own_outputs_are_expected_unless_changed_since_their_run(harbor):
+    done = subprocess.run([sys.executable, "-m", "sinagot", "run", str(harbor)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    engine = Engine(harbor, verbose=False)
+    own = OwnOutputs()
+    relative = "computed/REC-20200601-count.csv"
+    path = str(harbor / "dataset" / relative)
+    unit = Unit("REC-20200601", None, None)
+    assert own.owner(engine.layout, relative) == unit
+    assert own.owner(engine.layout, "raw/REC-20200601-raw.csv") is None  # an input only
+    assert own.expected(unit, relative, path, None, engine.store)  # as its run wrote it
+    # Noted while in flight; once landed, compared with what its run's results say it wrote.
+    runs = engine.store.read_record([unit.record_id])
+    outputs = next(run.outputs for key, run in runs.items() if key.endswith("count"))
+    assert own.expected(unit, relative, path, [SimpleNamespace(state="done", outputs=outputs)],
+                        engine.store)  # fmt: skip
+    assert own.landed(set(), engine.store) == [] and len(own) == 0
+    # Noted while in flight, its run's result not heard of: compared with the store.
+    assert own.expected(unit, relative, path, [], engine.store)
+    assert own.landed({unit}, engine.store) == [] and len(own) == 1  # still in flight
+    with open(path, "a") as file:  # edited while its unit was on the cluster
+        file.write("999\n")
+    assert own.landed(set(), engine.store) == [(unit, path)] and len(own) == 0
+    assert not own.expected(unit, relative, path, None, engine.store)  # a person's edit
+    engine.close()
