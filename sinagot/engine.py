@@ -454,8 +454,7 @@ class Engine:
     def generation(self, unit: Unit, chain: Sequence[StepJob]) -> str:
         """A new name for this run of a unit's chain, or the name of a run of it that was
         submitted and never finished (its copy may still run on a worker)."""
-        pending = self.store.pending_generation(unit, [job.spec.name for job in chain])
-        return pending or secrets.token_hex(4)
+        return self.generations([(unit, chain)])[0]
 
     def generations(self, chains: Sequence[tuple[Unit, Sequence[StepJob]]]) -> list[str]:
         """`generation` of many units' chains, read from the store in one go."""

@@ -431,7 +431,9 @@ class DaskExecutor:
         }
         finished = [t for t in ending.values() if t.future.status == "finished"]
         try:
-            gathered = self.connection.client.gather([t.future for t in finished])
+            gathered = (
+                self.connection.client.gather([t.future for t in finished]) if finished else []
+            )
             for task, value in zip(finished, gathered, strict=True):
                 task.results = value
         except Exception:  # a result lost on the way: fetched one by one below

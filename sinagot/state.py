@@ -365,7 +365,7 @@ class StateStore:
     def mark_submitted(self, items: Iterable[tuple[Unit, str, str]]) -> None:
         """(unit, step, generation) before the steps may begin: so that a kill from here on
         is seen as incomplete, and the next submitter can name a resubmission as this run
-        (`pending_generation`)."""
+        (`pending_generations`)."""
         db = self._connect(write=True)
         now = time.time()
         rows = [
@@ -381,29 +381,11 @@ class StateStore:
             )
 
     @_guarded
-    def pending_generation(self, unit: Unit, steps: Iterable[str]) -> str | None:
-        """The generation of a run of these steps submitted but never finished (its
-        submitter died): submitting it again under the same name lets a copy still running
-        on a worker be waited for instead of run twice."""
-        db = self._connect(write=False)
-        if db is None:
-            return None
-        keys = [run_key(unit, step) for step in steps]
-        marks = ",".join("?" * len(keys))
-        try:
-            row = db.execute(
-                f"SELECT generation FROM runs WHERE key IN ({marks}) AND submitted IS NOT NULL "
-                "AND generation IS NOT NULL LIMIT 1",
-                keys,
-            ).fetchone()
-        except sqlite3.OperationalError:  # a schema-1 store, read before its upgrade
-            return None
-        return row[0] if row else None
-
-    @_guarded
     def pending_generations(self, keys: Sequence[str]) -> dict[str, str]:
-        """`pending_generation` for many steps at once (their `run_key`s): the generation
-        of each that was submitted and never finished, one query per 900 keys."""
+        """The generation of each of these steps (their `run_key`s) submitted but never
+        finished (its submitter died): submitting it again under the same name lets a copy
+        still running on a worker be waited for instead of run twice. One query per 900
+        keys."""
         db = self._connect(write=False)
         if db is None:
             return {}

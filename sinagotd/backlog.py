@@ -112,4 +112,5 @@ class Backlog(Generic[U, P, F]):
         self.flights.clear()
 
     def idle(self) -> bool:
-        return not (self.flights or self.waiting or self.dirty)
+        """Nothing waits, flies, changed meanwhile, or waits to be resubmitted."""
+        return not (self.flights or self.waiting or self.dirty or self.lost)

@@ -359,7 +359,7 @@ class Daemon:
 
     def _is_idle(self) -> bool:
         return not (
-            not self.books.idle() or self.books.lost or len(self.units_settle)
+            not self.books.idle() or len(self.units_settle)
             or len(self.scripts_settle) or len(self.config_settle)
         )  # fmt: skip
 
@@ -640,7 +640,7 @@ class Daemon:
         lost = [u for u in self.books.lost if u not in self.books.flights]
         self._ingest()
         for unit in lost:
-            self.books.waiting.pop(unit, None)
+            self.books.drop(unit)
         self.replan(lost)
         for unit in lost:  # up to date after all: nothing to resubmit under that name
             if unit not in self.books.flights and unit not in self.books.waiting:
@@ -688,14 +688,13 @@ class Daemon:
             self._refused(peer, str(exc))
             return {"ok": False, "error": str(exc)}
         units = self.ws.units(scope, ids)
+        free = self.books.split(units)  # those in flight are planned again when they land
         busy = [u for u in units if u in self.books.flights]
         generations = {u: self.books.flights[u].generation for u in busy}  # what --wait follows
-        free = [u for u in units if u not in self.books.flights]
         plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
         self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
                       force=request.force, step=request.step, wait=request.wait,
                       **_who(peer))  # fmt: skip
-        self.books.dirty.update(busy)
         if request.force or request.step is not None:  # applied when each lands
             self.later.update(dict.fromkeys(busy, (request.force, request.step)))
         self._queue(plans, replanned=free)

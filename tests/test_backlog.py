@@ -75,3 +75,8 @@ def test_a_lost_unit_keeps_its_run_name_until_it_flies_again() -> None:
     assert b.lost == {"a": "gen-a", "b": "gen-b"} and not b.flights
     b.fly("a", "gen-a")
     assert b.lost == {"b": "gen-b"}
+    b.land("a")
+    assert not b.idle(), "a lost unit is still to be resubmitted"
+    b.fly("b", "gen-b")
+    b.land("b")
+    assert b.idle()

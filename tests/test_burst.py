@@ -21,8 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-from test_daemon import write_record
+from test_daemon import LINUX_ONLY, write_record
 
 from sinagot.engine import Engine
 from sinagot.layout import Unit
@@ -38,9 +37,7 @@ from sinagotd.watcher import (
     watch_count,
 )
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="signals, process groups, /proc, AF_UNIX"
-)
+pytestmark = LINUX_ONLY
 
 PLANNED = re.compile(r"^sinagot_units_planned_total (\S+)$", re.MULTILINE)
 
@@ -136,7 +133,6 @@ def changed_paths(messages: queue.Queue, until: str, timeout: float = 10) -> set
     return seen
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
 def test_the_logs_receipts_and_temporary_outputs_are_not_watched(tmp_path):
     for folder in ("LOG", ".sinagot/receipts", "raw", "computed/deep"):
         (tmp_path / folder).mkdir(parents=True)

@@ -32,9 +32,11 @@ from faults.harness import Predicate, clean_env, group_members, matcher
 
 from sinagot import __version__
 
-pytestmark = pytest.mark.skipif(
+#: The daemon's tests need signals, process groups, /proc and AF_UNIX sockets.
+LINUX_ONLY = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="signals, process groups, /proc, AF_UNIX"
 )
+pytestmark = LINUX_ONLY
 
 SETTLE = 0.3  # seconds: short, so that tests are quick
 IDS = ("REC-20200601", "REC-20200602", "REC-20200603")

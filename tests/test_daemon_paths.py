@@ -30,13 +30,11 @@ from faults.harness import (
     state_store_locked,
     wait_until,
 )
-from test_daemon import counted_boats, write_record
+from test_daemon import LINUX_ONLY, counted_boats, write_record
 
 from sinagot.requests import SOCKET_NAME
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="signals, process groups, /proc, AF_UNIX"
-)
+pytestmark = LINUX_ONLY
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 GRACE = 60  # seconds: far longer than any wait below, so that a stop within it is seen
