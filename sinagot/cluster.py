@@ -28,7 +28,7 @@ from .config import ENV_ADDRESS, DaskSettings
 from .errors import ConfigError, SinagotError
 
 if TYPE_CHECKING:
-    from distributed import Client, LocalCluster, Security
+    from distributed import Client, LocalCluster, Security, Worker
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 5.0  # seconds: a scheduler that does not answer by then is reported as such
@@ -84,6 +84,8 @@ class Connection:
         return format_dashboard_link(host, server.port)
 
     def close(self) -> None:
+        if self.cluster is not None:
+            _stop_heartbeats(self.client)
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -183,6 +185,24 @@ def _first_byte(host: str, port: int, context: ssl.SSLContext | None, timeout: f
         return sock.recv(1)
     finally:
         sock.close()
+
+
+def _stop_heartbeats(client: Client, timeout: float = 2.0) -> None:
+    """Embedded workers stop telling the scheduler they live before it closes: a heartbeat
+    caught by the close is logged by the worker as an error with a traceback, on the
+    daemon's stderr. Bounded: a worker that does not answer is closed anyway."""
+
+    def ask() -> None:
+        with contextlib.suppress(Exception):  # a client or worker already gone: closing anyway
+            client.run(_no_heartbeat, on_error="ignore")
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout)
+
+
+def _no_heartbeat(dask_worker: Worker) -> None:
+    dask_worker.periodic_callbacks["heartbeat"].stop()
 
 
 def _embedded(settings: DaskSettings) -> Connection:

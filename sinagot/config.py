@@ -1,4 +1,7 @@
-"""Workspace configuration: read TOML with tomlkit, merge, validate into a frozen `Config`.
+"""Workspace configuration: read TOML, merge, validate into a frozen `Config`.
+
+Read with the standard library's parser; tomlkit (whose import costs more) only tells what
+that parser rejects, as it always has.
 
 Every mistake raises `ConfigError` naming the file and the key (and, for TOML syntax, the
 line and column). Only this module knows the shape of the TOML; the rest of sinagot reads
@@ -24,6 +27,7 @@ a slip of the keyboard, and would bring the machine down before anything could s
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -35,9 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-import tomlkit
-import tomlkit.exceptions
 
 from .errors import ConfigError
 from .patterns import PathPattern, check_linear, embeddable
@@ -212,6 +213,10 @@ def _parse(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    with contextlib.suppress(tomllib.TOMLDecodeError):  # read by the standard library:
+        return tomllib.loads(text)  # tomlkit's import costs `sinagot status` ~10 ms
+    import tomlkit.exceptions  # what it rejects, told as tomlkit tells it, as ever
+
     try:
         return tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
@@ -231,6 +236,8 @@ def _syntax_error(text: str, exc: Exception) -> str:
         if m := re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", message):
             return f", line {m.group(2)}, column {m.group(3)}: invalid TOML: {m.group(1)}"
         return f": invalid TOML: {message}"
+    import tomlkit.exceptions
+
     if isinstance(exc, tomlkit.exceptions.ParseError):
         message = str(exc).split(" at line ")[0]
         return f", line {exc.line}, column {exc.col + 1}: invalid TOML: {message}"

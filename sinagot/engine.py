@@ -14,18 +14,21 @@ import os
 import secrets
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ENV_ADDRESS, Config, load_config
 from .errors import SinagotError
-from .execute import DaskExecutor, Executor, LocalExecutor
 from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
 from .layout import Layout, Scope, Unit
 from .patterns import Matcher, PathProblem, PathUnreadable, check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
 from .recordlog import LOG_FOLDER, PathRefused, inside_dataset, open_regular
-from .runner import StepJob, StepResult, one_line, read_receipt, receipt_name
 from .scripts import check_script
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
+
+if TYPE_CHECKING:  # what runs steps is imported only to run them: `status` starts faster
+    from .execute import Executor
+    from .runner import StepJob, StepResult
 
 #: Told of a receipt that is not a result: its path, and why.
 OnInvalid = Callable[[str, str], None]
@@ -302,6 +305,8 @@ class Engine:
         """The job that runs a plan's step. `debug` jobs run in this process (see
         `execute`), so their lines are echoed whatever the run mode."""
         unit, control = plan.unit, plan.step.control
+        from .runner import StepJob
+
         local = debug or (self.config.run_mode != "dask" and not self._scheduler)
         return StepJob(
             unit=unit,
@@ -368,6 +373,8 @@ class Engine:
 
     def forget(self, results: Iterable[StepResult]) -> None:
         """Drop the receipts of recorded runs whose whole unit has landed."""
+        from .runner import receipt_name
+
         for result in results:
             if result.run_id and result.state is not None:
                 # Left behind (a read-only folder), it is dropped at the next ingest: the
@@ -448,7 +455,7 @@ class Engine:
 
         with self.writing():
             named = list(zip(chains.values(), self.generations(list(chains.items())), strict=True))
-            executor = LocalExecutor() if debug else self.executor
+            executor = _local() if debug else self.executor
             return executor.run(named, started, finished)
 
     def generation(self, unit: Unit, chain: Sequence[StepJob]) -> str:
@@ -475,6 +482,7 @@ class Engine:
                     connect,
                     resolve_address,  # Dask's client: only to run on it
                 )
+                from .execute import DaskExecutor
 
                 address = resolve_address(self._scheduler, self.config.dask)
                 self._executor = DaskExecutor(
@@ -483,8 +491,14 @@ class Engine:
                     self.store.step_durations,
                 )
             else:
-                self._executor = LocalExecutor()
+                self._executor = _local()
         return self._executor
+
+
+def _local() -> Executor:
+    from .execute import LocalExecutor
+
+    return LocalExecutor()
 
 
 #: A receipt is a few hundred bytes; anything much larger is not one.
@@ -495,6 +509,8 @@ def _load_receipt(path: str) -> StepResult | None:
     """A receipt's result; None while its run goes on (locked) or if it died mid-run;
     ValueError naming what is wrong otherwise. Never follows a link, never blocks on a
     FIFO."""
+    from .runner import StepResult, one_line, read_receipt
+
     try:
         fd = open_regular(path, os.O_RDONLY, "receipt")
     except PathRefused as exc:  # a link, a folder, a FIFO
