@@ -33,8 +33,13 @@ if TYPE_CHECKING:  # what runs steps is imported only to run them: `status` star
 #: Told of a receipt that is not a result: its path, and why.
 OnInvalid = Callable[[str, str], None]
 
-#: Planning more units than this lists folders once instead of stat-ing each path.
+#: Planning more units than this, and more than a `_SHARE`-th of those last discovered (or
+#: of the entries of the largest folder last listed), lists folders and reads every row of
+#: the store once, instead of asking path by path and record by record. A daemon replanning
+#: the few hundred records that changed in a burst would otherwise list every folder and
+#: read the whole store each time: quadratic.
 _LISTING_THRESHOLD = 64
+_SHARE = 4
 
 #: In the state folder: the records a running sinagotd sees arriving (files still being
 #: written or settling), for `sinagot status` in another process (`Engine.arriving`).
@@ -69,6 +74,7 @@ class Engine:
         self.store = StateStore(self.config.state_dir)
         self.lock = WriterLock(self.config.state_dir)
         self._executor: Executor | None = None
+        self._size = 0  # units last discovered, or entries last listed: "a large share" of what
 
     def __enter__(self) -> Engine:
         return self
@@ -117,7 +123,15 @@ class Engine:
         Dataset entries that discovery could not read are added to `problems`, if given."""
         ids = self.layout.discover(scope, problems) if record_ids is None else record_ids
         keys = self.layout.unit_keys(scope)
-        return [Unit(rid, task, mod) for rid in ids for task, mod in keys]
+        units = [Unit(rid, task, mod) for rid in ids for task, mod in keys]
+        if record_ids is None:
+            self._size = len(units)
+        return units
+
+    def _large(self, count: int) -> bool:
+        """Are `count` units enough that listing folders and reading the whole store cost
+        less than asking for each?"""
+        return count > max(_LISTING_THRESHOLD, self._size // _SHARE)
 
     def plan(
         self,
@@ -139,7 +153,7 @@ class Engine:
         settled signatures; only those that differ are planned rule by rule.
         """
         dataset = str(self.config.dataset)
-        many = len(units) > _LISTING_THRESHOLD
+        many = self._large(len(units))
         listing = DirectoryListing(dataset) if many else None
         lookup: Lookup = listing if listing is not None else DirectStat(dataset)
         scripts = self._scripts_now()
@@ -166,7 +180,7 @@ class Engine:
                         done[position] = done_plans(unit, steps)
                 else:
                     pending.append((position, unit))
-        if len(pending) > _LISTING_THRESHOLD:
+        if self._large(len(pending)):
             runs = self.store.read_all()
         else:  # a few units left: stat their paths rather than list whole folders
             runs = self.store.read_record({unit.record_id for _, unit in pending})
@@ -191,6 +205,8 @@ class Engine:
         for position, unit in pending:
             plans = plan_unit(unit, steps_of(unit.task, unit.modality), ctx)
             done[position] = [p for p in plans if p.run] if stale_only else plans
+        if listing is not None:
+            self._size = max(self._size, listing.largest)
         return [plan for position in sorted(done) for plan in done[position]]
 
     # -- readiness: `[records] ready_when` -----------------------------------------------------

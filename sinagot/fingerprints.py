@@ -226,6 +226,11 @@ class DirectoryListing:
         self._folders: dict[str, dict[str, Fingerprint]] = {}
         self._odd: dict[str, str] = {}  # dataset-relative path -> why it is not data
 
+    @property
+    def largest(self) -> int:
+        """Entries of the largest folder listed: what a listing costs, next time."""
+        return max(map(len, self._folders.values()), default=0)
+
     def folder(self, relative: str) -> dict[str, Fingerprint]:
         """One folder's entries: name -> fingerprint ((-1, -1) for a folder or an odd entry,
         until asked about)."""

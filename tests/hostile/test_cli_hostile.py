@@ -75,7 +75,7 @@ def run_all(workspace: Path) -> None:
 
 AS_USER = """
 import os, sys
-import locale, sinagot.cli, sinagot.logview  # loaded as root: the interpreter lives in /root
+import locale, shutil, sinagot.cli, sinagot.logview  # as root: the interpreter lives in /root
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([])
 os.setgid(gid)
