@@ -31,8 +31,11 @@ from sinagot.state import StateError
 from .alerts import load_notify
 from .arrivals import Arrivals
 from .backlog import Backlog
+from .clusterwatch import ClusterWatch, in_flight, to_resubmit, why_unreachable
 from .monitor import Monitor
-from .retries import Reconnects, Retries
+from .reload import compare
+from .requested import Asked, RequestRefused, check, hand_over, refusal_key, refused_reply, who
+from .retries import Retries
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
 from .settle import Settler
@@ -40,7 +43,6 @@ from .throttle import Throttle
 from .watcher import PathChanged, Watcher, WatchError
 
 TICK = 0.1  # seconds: how often the loop looks at timers when nothing arrives
-REQUEST_TIMEOUT = 10.0  # seconds a `sinagot run` request may wait for the loop to take it
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,6 @@ class StepEnded:
 
     submitted: Submitted
     result: StepResult | None
-
-
-@dataclass(frozen=True)
-class RequestRefused:
-    """The request server refused a request before it reached the loop (logged by the loop)."""
-
-    peer: Peer
-    error: str
 
 
 @dataclass
@@ -99,7 +93,7 @@ class Daemon:
         self.stops = 0
         self.reload_requested = False
         self._idle = False
-        self._reconnect_at: float | None = None
+        self.cluster = ClusterWatch()  # the scheduler: up, or lost and when to try again
         self._reconcile_due = False
         self._paused_until: float | None = None  # a store write failed: retry then
         self._pause_backoff = 1.0
@@ -429,7 +423,7 @@ class Daemon:
         return len(by_unit)
 
     def _fill(self) -> None:
-        if self.stops or self._reconnect_at is not None or self._paused_until is not None:
+        if self.stops or self.cluster.down or self._paused_until is not None:
             return
         room = self.ws.config.dask.max_in_flight - len(self.books.flights)
         # Units of steps never timed go out a few at a time: their first results say how
@@ -596,38 +590,33 @@ class Daemon:
             self.log.error("step.gave_up", **_where(unit), step=job.spec.name,
                            attempts=attempts, error=error)  # fmt: skip
 
-    # -- the cluster ------------------------------------------------------------------------
+    # -- the cluster (when and why: sinagotd/clusterwatch.py) --------------------------------
 
     def _check_cluster(self, now: float) -> None:
         """A scheduler that went away: the client gives up; make a new one, resubmit."""
         if self.connection is None:
             return
-        self.monitor.cluster(
-            self._reconnect_at is None and self.connection.client.status == "running"
-        )
-        if self._reconnect_at is None:
-            if (
-                self.connection.client.status == "running"
-                and self.books.lost
-                and self._paused_until is None
-            ):
+        self.monitor.cluster(self.cluster.healthy(self.connection.client.status))
+        if not self.cluster.down:
+            lost, paused = bool(self.books.lost), self._paused_until is not None
+            if self.cluster.resubmit_now(self.connection.client.status, lost, paused):
                 self._resubmit_lost()
-            if self.connection.client.status in ("running", "connecting"):
+            why = self.cluster.gone(self.connection.client.status)
+            if why is None:
                 return
-            self._cluster_lost(f"client {self.connection.client.status}")
-        if now < self._reconnect_at:
+            self._cluster_lost(why)
+        if not self.cluster.due(now):
             return
         try:
             self.connection = self.executor.connection
         except Exception as exc:
-            error = str(exc) if isinstance(exc, ClusterError) else one_line(exc)
-            wait, say = self._reconnects.failed(now, self.clock() - now, error)
-            self._reconnect_at = self.clock() + wait
+            error = why_unreachable(exc)
+            wait, say = self.cluster.failed(now, self.clock(), error)
             if say:
                 self.log.warning("cluster.unreachable", error=error, retry_in_s=wait,
-                                 tries=self._reconnects.failures)  # fmt: skip
+                                 tries=self.cluster.failures)  # fmt: skip
             return
-        self._reconnect_at = None
+        self.cluster.reconnected()
         self._idle = False  # a `daemon.idle` follows the recovery, even with nothing to redo
         self.books.lose_all(lambda flight: flight.generation)
         self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
@@ -637,7 +626,7 @@ class Daemon:
     def _resubmit_lost(self) -> None:
         """Units the cluster lost: record what their workers finished, plan them again
         (fresh: the plans made before may be out of date), submit under their old names."""
-        lost = [u for u in self.books.lost if u not in self.books.flights]
+        lost = to_resubmit(self.books.lost, self.books.flights)
         self._ingest()
         for unit in lost:
             self.books.drop(unit)
@@ -647,26 +636,25 @@ class Daemon:
                 self.books.lost.pop(unit, None)
 
     def _cluster_lost(self, why: str) -> None:
-        if self._reconnect_at is not None:
+        """Say the loss once per outage; tries begin at once, counted afresh."""
+        if not self.cluster.lose(self.clock()):
             return
-        in_flight = len(set(self.books.flights) | set(self.books.lost))
+        units = in_flight(self.books.flights, self.books.lost)
         scheduler = self.connection.scheduler if self.connection else None
-        self.log.warning("cluster.lost", scheduler=scheduler, in_flight=in_flight, error=why)
-        self._reconnect_at = self.clock()
-        self._reconnects = Reconnects()  # this outage's tries (see sinagotd/retries.py)
+        self.log.warning("cluster.lost", scheduler=scheduler, in_flight=units, error=why)
         self._idle = False  # what was said before the loss is out of date
         with contextlib.suppress(Exception):
             self.executor.close()
 
+    # -- `sinagot run` requests (what they name, what the reply says: sinagotd/requested.py) --
+
     def _on_request(self, request: RunRequest, peer: Peer) -> dict[str, object]:
         """A request server thread: hand the request to the loop, wait for its answer."""
-        handoff = Handoff(request, peer)
-        self.messages.put(handoff)
-        return handoff.wait(REQUEST_TIMEOUT)
+        return hand_over(self.messages.put, request, peer)
 
     def _refused(self, peer: Peer, error: str) -> None:
-        key = f"{peer.uid}:{error}"  # one user's flood of one mistake is said once a second
-        self._say("run.refused", self.log.warning, key=key, error=error, **_who(peer))
+        key = refusal_key(peer, error)  # one user's flood of one mistake: once a second
+        self._say("run.refused", self.log.warning, key=key, error=error, **who(peer))
 
     def _on_refused(self, peer: Peer, error: str) -> None:
         self.messages.put(RequestRefused(peer, error))
@@ -676,40 +664,29 @@ class Daemon:
         the reply says what was queued, or why nothing was. Asked to (`sinagot run --wait`),
         it also names them: `queued_steps` [[record_id, task, modality, step], ...], and
         `busy_units` [[record_id, task, modality, generation in flight], ...], the units on
-        the cluster already, planned again as asked when they land."""
+        the cluster already, planned again as asked when they land (`Asked.reply`)."""
         try:
-            scope = self.ws.layout.scope(request.task, request.modality)
-            records = request.records
-            ids = None if records is None else [self.ws.check_id(r) for r in records]
-            if request.step is not None and request.step not in self.ws.layout.step_names(scope):
-                names = ", ".join(self.ws.layout.step_names(scope))
-                raise ValueError(f"no step {request.step!r} here; steps: {names}")
+            scope, ids = check(self.ws, request)
         except ValueError as exc:
             self._refused(peer, str(exc))
-            return {"ok": False, "error": str(exc)}
+            return refused_reply(str(exc))
         units = self.ws.units(scope, ids)
         free = self.books.split(units)  # those in flight are planned again when they land
         busy = [u for u in units if u in self.books.flights]
         generations = {u: self.books.flights[u].generation for u in busy}  # what --wait follows
         plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
-        self.log.info("run.requested", units=len(units), steps=len(plans), busy=len(busy),
-                      force=request.force, step=request.step, wait=request.wait,
-                      **_who(peer))  # fmt: skip
-        if request.force or request.step is not None:  # applied when each lands
-            self.later.update(dict.fromkeys(busy, (request.force, request.step)))
+        asked = Asked(request, units, plans, busy, generations)
+        self.log.info("run.requested", **asked.fields(), **who(peer))
+        self.later.update(asked.later())  # a forced or one-step request: applied when each lands
         self._queue(plans, replanned=free)
         self._fill()
-        reply: dict[str, object] = {
-            "ok": True, "units": len(units), "steps": len(plans), "busy": len(busy),
-        }  # fmt: skip
-        if request.wait:
-            reply["queued_steps"] = [[*p.unit, p.step.name] for p in plans]
-            reply["busy_units"] = [[*u, flying] for u, flying in generations.items()]
-        return reply
+        return asked.reply()
 
-    # -- reload -----------------------------------------------------------------------------
+    # -- reload (what changed: sinagotd/reload.py) -------------------------------------------
 
     def reload(self, why: str) -> None:
+        """Apply a changed configuration (a file saved, or SIGHUP); a bad one, or one that
+        moves what cannot move while running, is refused and the running one kept."""
         path = str(self.ws.config.files[0])
         try:
             ws = Engine(self.options.workspace, verbose=False)
@@ -718,11 +695,10 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("config.invalid", path=path, error=str(exc), trigger=why)
             return
-        moved = _moved(self.ws, ws) or _page_moved(self.settings, settings)
-        if moved:
+        change = compare(self.ws.config, ws.config, self.settings, settings)
+        if change.refused is not None:
             ws.close()
-            error = f"{moved} changed: restart sinagotd to apply it (kept the running config)"
-            self.log.error("config.invalid", path=path, error=error, trigger=why)
+            self.log.error("config.invalid", path=path, error=change.refused, trigger=why)
             return
         ws.lock = self.ws.lock  # the lock stays with this process
         ws.store.close()
@@ -732,7 +708,7 @@ class Daemon:
         self.log.info("config.reloaded", path=path, error=None, trigger=why)
         self.monitor.reloaded()
         self.monitor.alert_with(notify, path, self.ws.store.failed_steps)
-        if self.watcher is not None and _folders(old) != _folders(ws):
+        if self.watcher is not None and change.folders_moved:
             self.watcher.stop()
             self.watcher = self._watcher()
             self.watcher.start()
@@ -774,7 +750,7 @@ class Daemon:
     def _withdraw(self) -> int:
         """Units on the cluster that no worker has begun leave it now, recorded as not run
         (planned again at the next start); only those running get the grace period."""
-        if not self.books.flights or self._reconnect_at is not None:
+        if not self.books.flights or self.cluster.down:
             return 0
         try:
             withdrawn = self.executor.withdraw([f.submitted for f in self.books.flights.values()])
@@ -814,31 +790,6 @@ class Daemon:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def _moved(old: Engine, new: Engine) -> str | None:
-    """What a reload cannot apply in place: where the data and the writer's lock live."""
-    if new.config.dataset != old.config.dataset:
-        return "[path] dataset"
-    if new.config.state_dir != old.config.state_dir:
-        return "[state] path"
-    return None
-
-
-def _page_moved(old: DaemonSettings, new: DaemonSettings) -> str | None:
-    """The status page's address is bound at start."""
-    for key in ("status_page", "status_host", "status_port"):
-        if getattr(old, key) != getattr(new, key):
-            return f"[daemon] {key}"
-    return None
-
-
-def _folders(ws: Engine) -> tuple[Path, ...]:
-    return (ws.config.scripts, *sorted({f.parent for f in ws.config.files}))
-
-
-def _who(peer: Peer) -> dict[str, int]:
-    return {"peer_pid": peer.pid, "peer_uid": peer.uid}
 
 
 def _where(unit: Unit) -> dict[str, str | None]:
