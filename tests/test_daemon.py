@@ -11,15 +11,13 @@ whole group after the test, so that no Dask worker outlives it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -28,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from faults.harness import Predicate, clean_env, group_members, matcher
+from daemonproc import DaemonProcess, clean_env, group_members
 
 from sinagot import __version__
 
@@ -43,149 +41,11 @@ IDS = ("REC-20200601", "REC-20200602", "REC-20200603")
 STEPS = ("count", "mean")
 LIGHT_DASK = '\n[dask]\nn_workers = 1\ndashboard_address = ":0"\n'
 HEADER = "boat_name,country,size\n"
-_EOF = object()
 
 
-class Sinagotd:
-    """One daemon process; its events, parsed, in the order it wrote them.
-
-    `wait_for` moves forward through the events and returns the first one that matches;
-    every event it went past is kept in `events`, so that a test can look back at them.
-    """
-
-    def __init__(
-        self, workspace: Path, flags: tuple[str, ...], settle: float, env: dict[str, str],
-        stderr_path: Path,
-    ) -> None:  # fmt: skip
-        command = [
-            sys.executable, "-m", "sinagotd", str(workspace), "--log-format", "json",
-            "--settle-seconds", str(settle), *flags,
-        ]  # fmt: skip
-        self.stderr_path = stderr_path
-        self._stderr = stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-        self.events: list[dict[str, Any]] = []
-        self.exited = False  # the reader saw the end of stdout
-        self._queue: queue.Queue = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "<not json>", "line": line}
-            self._queue.put(event)
-        self._queue.put(_EOF)
-
-    # -- looking at events ----------------------------------------------------------------
-
-    def wait_for(self, what: str | Predicate, timeout: float = 30, **keys: Any) -> dict[str, Any]:
-        """The next event named `what` (or matching the predicate) with these key values."""
-        match = matcher(what, keys)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._fail(f"no event {_describe(what, keys)} within {timeout} s")
-            try:
-                event = self._queue.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                continue
-            if event is _EOF:
-                self.exited = True
-                self.proc.wait(timeout=30)
-                self._fail(
-                    f"sinagotd exited (status {self.proc.returncode}) before an event "
-                    f"{_describe(what, keys)}"
-                )
-            self.events.append(event)
-            if match(event):
-                return event
-
-    def seen(self, what: str | Predicate, since: int = 0, **keys: Any) -> list[dict[str, Any]]:
-        """The events taken so far (from index `since`) that match."""
-        match = matcher(what, keys)
-        return [event for event in self.events[since:] if match(event)]
-
-    def mark(self) -> int:
-        """An index into `events`: what comes after it happened after this call."""
-        return len(self.events)
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def _fail(self, why: str) -> None:
-        seen = "\n".join(_short(event) for event in self.events[-60:]) or "(none)"
-        pytest.fail(
-            f"{why}\n--- events seen ({len(self.events)}, last 60) ---\n{seen}"
-            f"\n--- stderr (end) ---\n{self.stderr()[-3000:]}",
-            pytrace=False,
-        )
-
-    # -- ending -------------------------------------------------------------------------
-
-    def wait(self, timeout: float = 60) -> int:
-        """Wait for the process to exit by itself; take all its events; its status."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            self._drain()
-            self._fail(f"sinagotd did not exit by itself within {timeout} s")
-        self._drain()
-        return self.proc.returncode
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, as systemd sends it; wait for the exit; its status."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        """The whole process group, Dask workers included, whatever state it is in."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-
-    def _drain(self, timeout: float = 15) -> None:
-        """Every event left, up to the end of stdout (workers may hold it a moment)."""
-        deadline = time.monotonic() + timeout
-        while not self.exited and time.monotonic() < deadline:
-            try:
-                event = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if event is _EOF:
-                self.exited = True
-            else:
-                self.events.append(event)
-
-    def close(self) -> None:
-        self.kill()
-        self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-
-
-def _describe(what: str | Predicate, keys: dict[str, Any]) -> str:
-    name = what if isinstance(what, str) else getattr(what, "__name__", "matching")
-    return f"{name} {keys}" if keys else name
-
-
-def _short(event: dict[str, Any]) -> str:
-    rest = {k: v for k, v in event.items() if k not in ("event", "timestamp", "level")}
-    return f"{event.get('event')} {json.dumps(rest, default=str)}"
+#: The fixture's daemons: a `DaemonProcess` that follows its events (each `wait_for` returns
+#: the next match; `events` holds what the test went through) and fails a test cleanly.
+Sinagotd = DaemonProcess
 
 
 @pytest.fixture
@@ -196,8 +56,12 @@ def sinagotd(tmp_path: Path) -> Iterator[Callable[..., Sinagotd]]:
     def start(
         workspace: Path, *flags: str, settle: float = SETTLE, env: dict[str, str] | None = None
     ) -> Sinagotd:
-        stderr_path = tmp_path / f"sinagotd-{len(started)}.stderr"
-        daemon = Sinagotd(workspace, flags, settle, env or clean_env(), stderr_path)
+        number = len(started)
+        daemon = DaemonProcess(
+            workspace, "--settle-seconds", str(settle), *flags, number=number,
+            env=env or clean_env(), stderr_path=tmp_path / f"sinagotd-{number}.stderr",
+            follow=True, error=functools.partial(pytest.fail.Exception, pytrace=False),
+        )  # fmt: skip
         started.append(daemon)
         return daemon
 

@@ -60,12 +60,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,8 +73,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: daemonproc
+
 from _common import clean_env, load_make_dataset, machine
 from _uptodate import FULL_CHECK_MAX, SAMPLE, build_uptodate, check_uptodate
+from daemonproc import NOT_JSON, DaemonError, DaemonProcess
 
 from sinagot.engine import Engine
 
@@ -148,82 +149,45 @@ def parse_time(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def stamp(event: dict) -> None:
+    """Its `timestamp` as seconds since the epoch, in `_t`: what latencies are measured on."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        event["_t"] = parse_time(event["timestamp"])
+
+
 class Daemon:
-    """`python -m sinagotd WS --log-format json` in its own process group; events parsed."""
+    """The benchmark's view of a `DaemonProcess` (tests/daemonproc.py): waits that return
+    (index, event) and raise TimeoutError or RuntimeError, the process's RSS, and its
+    problems (warnings, errors, stray stdout, stderr) for the summary."""
 
     def __init__(self, workspace: Path, *extra: str, log_dir: Path) -> None:
-        self.workspace = workspace
-        self.events: list[dict] = []
-        self.other_stdout: list[str] = []
-        self._cond = threading.Condition()
-        self.stderr_path = log_dir / f"sinagotd-{os.getpid()}-{time.time_ns()}.stderr"
-        self._stderr = self.stderr_path.open("w")
-        env = clean_env(PYTHONUNBUFFERED="1")  # a SINAGOTD_* in the shell changes nothing
-        cmd = [sys.executable, "-m", "sinagotd", str(workspace), "--log-format", "json", *extra]
-        self.started = time.time()
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-                event["_t"] = parse_time(event["timestamp"])
-            except (ValueError, KeyError, TypeError):
-                with self._cond:
-                    self.other_stdout.append(line.rstrip("\n"))
-                continue
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+        self.process = DaemonProcess(
+            workspace, *extra, on_event=stamp,
+            env=clean_env(PYTHONUNBUFFERED="1"),  # a SINAGOTD_* in the shell changes nothing
+            stderr_path=log_dir / f"sinagotd-{os.getpid()}-{time.time_ns()}.stderr",
+        )  # fmt: skip
+        self.proc = self.process.proc
+        self.pid = self.process.pid
+        self.started = self.process.started_at
+        self.count = self.process.mark
+        self.snapshot = self.process.snapshot
 
     def wait_for(
         self, match: Callable[[dict], bool], timeout: float, start: int = 0, what: str = ""
     ) -> tuple[int, dict]:
         """The first event from index `start` on that matches: (index, event)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            i = start
-            while True:
-                while i < len(self.events):
-                    if match(self.events[i]):
-                        return i, self.events[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no {what or 'matching event'} within {timeout:.0f} s")
-                if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise RuntimeError(
-                        f"sinagotd exited ({self.proc.returncode}) while waiting for {what}"
-                    )
-                self._cond.wait(min(left, 0.5))
+        try:
+            index = self.process.find(match, timeout, start)
+        except DaemonError:
+            what = what or "matching event"
+            if self.process.exited:
+                code = self.process.exit_status(10)
+                raise RuntimeError(f"sinagotd exited ({code}) while waiting for {what}") from None
+            raise TimeoutError(f"no {what} within {timeout:.0f} s") from None
+        return index, self.process.events[index]
 
     def wait_event(self, name: str, timeout: float, start: int = 0) -> tuple[int, dict]:
         return self.wait_for(lambda e: e.get("event") == name, timeout, start, name)
-
-    def count(self) -> int:
-        with self._cond:
-            return len(self.events)
-
-    def snapshot(self, start: int = 0) -> list[dict]:
-        with self._cond:
-            return list(self.events[start:])
 
     def rss_mb(self) -> tuple[float, float]:
         """The daemon process's own VmRSS and VmHWM, MB (its workers are other processes)."""
@@ -236,35 +200,26 @@ class Daemon:
         return fields["VmRSS"], fields["VmHWM"]
 
     def stop(self, grace: float = 60) -> tuple[int | None, float]:
-        """SIGTERM, wait up to `grace`, then SIGKILL the whole process group."""
+        """SIGTERM, wait up to `grace`, then SIGKILL the whole process group: (exit status or
+        None, seconds until it exited or the grace ran out)."""
         start = time.monotonic()
-        code = self.proc.poll()
-        if code is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                code = None
+        self.process.terminate()
+        code = self.process.exit_status(grace)
         took = time.monotonic() - start
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        if code is None:
-            self.proc.wait(10)
-        self._reader.join(10)
-        self._stderr.close()
+        self.process.close()
         return code, took
 
     def problems(self) -> list[str]:
         """Warnings and errors among the events, non-JSON stdout, stderr lines."""
         out = []
         for event in self.snapshot():
-            if event.get("level") in ("warning", "error", "critical"):
+            if event.get("event") == NOT_JSON or "_t" not in event:
+                out.append(f"stdout: {event.get('line', json.dumps(event))[:400]}")
+            elif event.get("level") in ("warning", "error", "critical"):
                 fields = {k: v for k, v in event.items() if not k.startswith("_")}
                 out.append(f"event: {json.dumps(fields)[:400]}")
-        out += [f"stdout: {line[:400]}" for line in self.other_stdout]
         with contextlib.suppress(OSError):
-            lines = self.stderr_path.read_text(errors="replace").splitlines()
+            lines = self.process.stderr_path.read_text(errors="replace").splitlines()
             out += [f"stderr: {line[:400]}" for line in lines if line.strip()]
         return out
 

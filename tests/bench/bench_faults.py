@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import random
@@ -58,20 +57,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-HARNESS = HERE.parent / "faults" / "harness.py"
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/: the fault lab, daemonproc
 
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("sinagot_faults_harness", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-h = _load_harness()
+import faults.harness as h
 
 FAULTS = (
     "kill-daemon",

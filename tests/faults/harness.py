@@ -1,9 +1,9 @@
 """Fault-injection harness: a small workspace, real daemons and Dask processes, and the books.
 
 Shared by the pytest scenarios in this folder and by `tests/bench/bench_faults.py` (which
-imports this file by path), so that both check the same things with the same code. It
-imports nothing from pytest: a failed wait raises `FaultError` (an AssertionError) whose
-message carries the daemon's last events and the end of its stderr.
+puts tests/ on sys.path and imports `faults.harness`), so that both check the same things
+with the same code. It imports nothing from pytest: a failed wait raises `FaultError` (an
+AssertionError) whose message carries the daemon's last events and the end of its stderr.
 
 The world of one scenario is a `Lab`:
 
@@ -16,7 +16,8 @@ The world of one scenario is a `Lab`:
   computed from (the SHA-1 of the input), so a result computed from a half-copied recording
   is caught.
 - Every process is started in its own session; `Lab.close()` kills each process group, so
-  that no Dask worker outlives a scenario.
+  that no Dask worker outlives a scenario. A daemon is a `DaemonProcess` (tests/daemonproc.py,
+  which the pytest fixture and the benchmarks use too); its failed waits raise FaultError.
 
 `check_books` is the one verdict: every step that was due has run to success exactly once
 since its input last changed (per-record log lines, and `step.finished` events across every
@@ -45,6 +46,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import daemonproc
+from daemonproc import (  # noqa: F401  (re-exported: the scenarios and other tests use them)
+    STEP_EVENTS,
+    DaemonError,
+    Predicate,
+    clean_env,
+    group_members,
+    kill_group,
+    matcher,
+    short,
+)
+from daemonproc import DaemonProcess as DaemonRun  # what `Lab.daemon` starts
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ("count", "mean")
 SETTLE = 0.3  # seconds: short, so that scenarios are quick
@@ -52,7 +66,7 @@ INIT, DONE = 0, 30  # StepStatus.INIT and DONE in the per-record logs
 HOLD_LIMIT = 120.0  # seconds: a held step gives up waiting after this (a forgotten hold)
 
 
-class FaultError(AssertionError):
+class FaultError(DaemonError):
     """A scenario did not go as expected (a wait ran out, a process misbehaved)."""
 
 
@@ -163,55 +177,12 @@ def raw_text(n_rows: int, seed: int = 0) -> str:
 # -- processes --------------------------------------------------------------------------------
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without what would change how sinagotd runs."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SINAGOT_DASK_ADDRESS")
-        and not key.startswith(("SINAGOTD_", "DASK_"))
-    }
-    env["SINAGOTD_STATUS_PORT"] = "0"  # each daemon's status page on a free port of its own
-    env.update(extra)
-    return env
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
-def kill_group(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGKILL a process group started with start_new_session; wait until it is gone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout)
-    wait_until(lambda: not group_members(proc.pid), timeout, f"process group {proc.pid} gone")
-
-
 def wait_until(
     predicate: Callable[[], Any], timeout: float, what: str,
     diagnose: Callable[[], str] | None = None, interval: float = 0.05,
 ) -> Any:  # fmt: skip
     """Poll `predicate` until it returns something true; its value. FaultError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = f"\n{diagnose()}" if diagnose is not None else ""
-            raise FaultError(f"not within {timeout} s: {what}{detail}")
-        time.sleep(interval)  # polling, with a deadline
+    return daemonproc.wait_until(predicate, timeout, what, diagnose, interval, FaultError)
 
 
 def alive(pid: int) -> bool:
@@ -320,184 +291,6 @@ class Forwarder:
 def epoch(timestamp: str) -> float:
     """An ISO 8601 timestamp (events: UTC with Z; logs: local with offset) as seconds."""
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
-
-
-Predicate = Callable[[dict[str, Any]], bool]
-STEP_EVENTS = ("step.submitted", "step.finished", "step.failed", "step.skipped")
-
-
-def matcher(what: str | Predicate, keys: dict[str, Any]) -> Predicate:
-    def match(event: dict[str, Any]) -> bool:
-        if isinstance(what, str):
-            if event.get("event") != what:
-                return False
-        elif not what(event):
-            return False
-        return all(event.get(key) == value for key, value in keys.items())
-
-    return match
-
-
-def short(event: dict[str, Any]) -> str:
-    rest = {k: v for k, v in event.items() if k not in ("event", "timestamp", "level")}
-    return f"{event.get('timestamp', '')[11:23]} {event.get('event')} {json.dumps(rest)}"
-
-
-class DaemonRun:
-    """One sinagotd process and the JSON events it writes, parsed, in order (thread-read)."""
-
-    def __init__(self, lab: Lab, flags: Sequence[str], env: dict[str, str] | None) -> None:
-        self.lab = lab
-        self.number = len(lab.daemons)
-        command = [
-            sys.executable, "-m", "sinagotd", str(lab.ws), "--log-format", "json", *flags,
-        ]  # fmt: skip
-        self.stderr_path = lab.root / f"sinagotd-{self.number}.stderr"
-        self._stderr = self.stderr_path.open("wb")
-        # Its events as it wrote them, one JSON line each: the timeline of a kept run.
-        self.events_path = lab.root / f"sinagotd-{self.number}.events.jsonl"
-        self._events_file = self.events_path.open("wb")
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self._stderr,
-            env=env or lab.env(), start_new_session=True,
-        )  # fmt: skip
-        self.events: list[dict[str, Any]] = []
-        self.exited = False
-        self.started_at = time.time()
-        self.killed_at: float | None = None  # kill -9: the books accept steps it never heard of
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with contextlib.suppress(ValueError):  # closed by `close` meanwhile
-                self._events_file.write(raw)
-                self._events_file.flush()
-            line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "<not json>", "line": line}
-            if not isinstance(event, dict):
-                event = {"event": "<not json>", "line": line}
-            with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
-        with self._changed:
-            self.exited = True
-            self._changed.notify_all()
-
-    # -- events -----------------------------------------------------------------------------
-
-    def mark(self) -> int:
-        """An index into `events`: what comes after it happened after this call."""
-        return len(self.events)
-
-    def seen(self, what: str | Predicate, since: int = 0, **keys: Any) -> list[dict[str, Any]]:
-        match = matcher(what, keys)
-        return [event for event in self.events[since:] if match(event)]
-
-    def wait_for(
-        self, what: str | Predicate, since: int = 0, timeout: float = 30, **keys: Any
-    ) -> dict[str, Any]:
-        """The first event from index `since` that matches (waiting for it if need be)."""
-        match = matcher(what, keys)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            position = since
-            while True:
-                while position < len(self.events):
-                    if match(self.events[position]):
-                        return self.events[position]
-                    position += 1
-                left = deadline - time.monotonic()
-                if self.exited or left <= 0:
-                    break
-                self._changed.wait(min(left, 0.5))
-        if self.exited:  # end of its stdout: let the process be reaped, for its status
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=15)
-        name = what if isinstance(what, str) else getattr(what, "__name__", "matching")
-        why = "sinagotd exited" if self.exited else f"not within {timeout} s"
-        raise FaultError(f"no event {name} {keys or ''} ({why})\n{self.diagnosis()}")
-
-    def wait_count(
-        self, what: str | Predicate, count: int, since: int = 0, timeout: float = 30,
-        **keys: Any,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """Until `count` events from index `since` match; all that match."""
-        return wait_until(
-            lambda: len(found := self.seen(what, since, **keys)) >= count and found,
-            timeout, f"{count} event(s) {what} {keys}", self.diagnosis,
-        )  # fmt: skip
-
-    def idle(self) -> bool:
-        """Its latest word on its work is `daemon.idle` (nothing in flight, nothing queued)."""
-        for event in reversed(self.events):
-            name = event.get("event")
-            if name == "daemon.idle":
-                return True
-            if name in STEP_EVENTS or name in ("daemon.started", "daemon.ready"):
-                return False
-            if name == "cluster.lost":
-                return False
-        return False
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def diagnosis(self, last: int = 50) -> str:
-        events = "\n".join(short(event) for event in self.events[-last:]) or "(none)"
-        status = self.proc.poll()
-        return (
-            f"--- sinagotd #{self.number} (pid {self.pid}, "
-            f"{'running' if status is None else f'exit status {status}'}), "
-            f"last {last} of {len(self.events)} events ---\n{events}\n"
-            f"--- its stderr (end) ---\n{self.stderr()[-2500:]}"
-        )
-
-    # -- ending -----------------------------------------------------------------------------
-
-    def drain(self, timeout: float = 15) -> None:
-        with self._changed:
-            deadline = time.monotonic() + timeout
-            while not self.exited and time.monotonic() < deadline:
-                self._changed.wait(0.2)
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, as systemd sends it; its exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            why = f"sinagotd did not stop within {timeout} s\n{self.diagnosis()}"
-            raise FaultError(why) from None
-        self.drain()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """kill -9 of its whole process group (an embedded cluster's workers die with it)."""
-        self.killed_at = time.time()
-        kill_group(self.proc)
-        self.drain()
-
-    def close(self) -> None:
-        if self.proc.poll() is None or group_members(self.proc.pid):
-            kill_group(self.proc)
-        self._reader.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
-        self._events_file.close()
 
 
 class Cluster:
@@ -722,7 +515,14 @@ class Lab:
         return proc
 
     def daemon(self, *flags: str, env: dict[str, str] | None = None) -> DaemonRun:
-        run = DaemonRun(self, flags, env)
+        """Start sinagotd on the workspace; its stderr and its stdout as written (the timeline
+        of a kept scenario) in `root`, numbered in the order the scenario started them."""
+        number = len(self.daemons)
+        run = DaemonRun(
+            self.ws, *flags, number=number, env=env or self.env(), error=FaultError,
+            stderr_path=self.root / f"sinagotd-{number}.stderr",
+            events_path=self.root / f"sinagotd-{number}.events.jsonl",
+        )  # fmt: skip
         self.daemons.append(run)
         return run
 
