@@ -28,6 +28,7 @@ from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequ
 from sinagot.runner import Outcome, StepResult, one_line, refused_result
 from sinagot.state import StateError
 
+from . import events
 from .alerts import load_notify
 from .arrivals import Arrivals
 from .backlog import Backlog
@@ -470,13 +471,14 @@ class Daemon:
             return
         self._idle = False
         self.monitor.submitted(batch, self.clock())
-        for (unit, plans), one, (_, generation) in zip(
-            batch.items(), submitted, chains, strict=True
-        ):
-            self.books.fly(unit, Flight(one, generation))
-            for plan in plans:
-                self.log.info("step.submitted", **_where(unit), step=plan.step.name,
-                              reasons=list(plan.reasons))  # fmt: skip
+        with events.batch():
+            for (unit, plans), one, (_, generation) in zip(
+                batch.items(), submitted, chains, strict=True
+            ):
+                self.books.fly(unit, Flight(one, generation))
+                for plan in plans:
+                    self.log.info("step.submitted", **_where(unit), step=plan.step.name,
+                                  reasons=list(plan.reasons))  # fmt: skip
 
     def _requeue(self, unit: Unit, plans: list[StepPlan]) -> None:
         self.books.requeue(unit, plans)
@@ -491,16 +493,17 @@ class Daemon:
             if (f := self.books.flights.get(m.submitted.unit)) and f.submitted is m.submitted
         ]
         results: list[StepResult] = []
-        for submitted, _, result in self.executor.collect(current):
-            flight = self.books.flights[submitted.unit]
-            client_down = self.connection is None or self.connection.client.status != "running"
-            if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
-                flight.lost = True
-            else:
-                results.append(result)
-                flight.results.append(result)
-                self._report(result)
-            flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
+        with events.batch():  # announced (in one write) before they are recorded
+            for submitted, _, result in self.executor.collect(current):
+                flight = self.books.flights[submitted.unit]
+                client_down = self.connection is None or self.connection.client.status != "running"
+                if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
+                    flight.lost = True
+                else:
+                    results.append(result)
+                    flight.results.append(result)
+                    self._report(result)
+                flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
         recorded = self._record(results)  # recorded before any receipt is dropped
         if not recorded:  # announced already: not again when their receipts are ingested
             self.unrecorded.update(r.run_id for r in results if r.run_id)
@@ -535,8 +538,9 @@ class Daemon:
         `daemon.idle` follows them)."""
         fresh = [r for r in results if r.run_id not in self.unrecorded]
         self.unrecorded.difference_update(r.run_id for r in results)
-        for result in fresh:
-            self._report(result, recovered=True)
+        with events.batch():
+            for result in fresh:
+                self._report(result, recovered=True)
         if fresh:
             self._idle = False
 
