@@ -191,7 +191,9 @@ def _pruned(root: bytes, path: bytes) -> bool:
     return first in UNWATCHED
 
 
-if InotifyWatchGroup is not None and hasattr(InotifyWatchGroup, "_add_callback"):
+if InotifyWatchGroup is not None and all(
+    hasattr(InotifyWatchGroup, name) for name in ("_add_callback", "_add_all_callbacks")
+):
 
     class _PrunedGroup(InotifyWatchGroup):  # type: ignore[misc,valid-type]
         """A (recursive) watch group that adds no watch in the UNWATCHED folders, at start
@@ -201,6 +203,21 @@ if InotifyWatchGroup is not None and hasattr(InotifyWatchGroup, "_add_callback")
             if _pruned(self.path, path):
                 return
             super()._add_callback(path)
+
+        def _add_all_callbacks(self, path: bytes) -> None:
+            """watchdog's walk, never into the UNWATCHED folders: `LOG/` holds a file a
+            record (a million entries listed for nothing at a million records)."""
+            if _pruned(self.path, path):
+                return
+            self._add_callback(path)
+            if not (self.is_recursive and os.path.isdir(path)):
+                return
+            for root, dirnames, _ in os.walk(path, followlinks=self.follow_symlink):
+                dirnames[:] = [d for d in dirnames if not _pruned(self.path, os.path.join(root, d))]
+                for dirname in dirnames:
+                    full_path = os.path.join(root, dirname)
+                    if self.follow_symlink or not os.path.islink(full_path):
+                        self._add_callback(full_path)
 
     class _PrunedEmitter(InotifyEmitter):  # type: ignore[misc,valid-type]
         def on_thread_start(self) -> None:
