@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,27 @@ OnInvalid = Callable[[str, str], None]
 #: read the whole store each time: quadratic.
 _LISTING_THRESHOLD = 64
 _SHARE = 4
+
+
+@dataclass
+class _Reading:
+    """What one plan (or one `iter_plan`, chunk after chunk) reads once."""
+
+    dataset: str
+    listing: DirectoryListing | None
+    broken: dict[str, str]
+    code_hashes: dict[str, str] | None
+    receipts: dict[str, RunRecord]
+    settled: SettledCheck | None
+    _all: dict[str, RunRecord] | None = None
+
+    def all_runs(self, store: StateStore) -> dict[str, RunRecord]:
+        """Every row of the store (and the pending receipts), read at the first need."""
+        if self._all is None:
+            self._all = store.read_all()
+            self._all.update(self.receipts)
+        return self._all
+
 
 #: In the state folder: the records a running sinagotd sees arriving (files still being
 #: written or settling), for `sinagot status` in another process (`Engine.arriving`).
@@ -152,26 +174,57 @@ class Engine:
         Many units: folders are listed once, and units are first checked against the store's
         settled signatures; only those that differ are planned rule by rule.
         """
+        reading = self._reading(len(units), force)
+        return self._plan(reading, units, force, only, stale_only, problems, ignore_missing)
+
+    def iter_plan(
+        self, units: Sequence[Unit], chunk: int = 20_000, *, stale_only: bool = False
+    ) -> Iterator[StepPlan]:
+        """`plan(units)`, in order, `chunk` units at a time, what is read of the dataset and
+        the store read once: a million units' plans (two million StepPlans, ~1.5 GB) are
+        never all in memory at once (the status page's full plan)."""
+        reading = self._reading(len(units), False)
+        for first in range(0, len(units), chunk):
+            part = units[first : first + chunk]
+            yield from self._plan(reading, part, False, None, stale_only, None, False)
+
+    def _reading(self, count: int, force: bool) -> _Reading:
+        """What planning `count` units reads once: folder listings and the store's settled
+        signatures for a large share of the workspace, the scripts, pending receipts."""
         dataset = str(self.config.dataset)
-        many = self._large(len(units))
-        listing = DirectoryListing(dataset) if many else None
-        lookup: Lookup = listing if listing is not None else DirectStat(dataset)
+        listing = DirectoryListing(dataset) if self._large(count) else None
         scripts = self._scripts_now()
-        broken = {key: error for key, (_, error) in scripts.items() if error}
         code_hashes = (
             {key: digest for key, (digest, _) in scripts.items() if digest}
             if self.config.track_scripts
             else None
         )
         receipts = self._pending_receipts()
-        steps_of = self.layout.steps
-        done: dict[int, list[StepPlan]] = {}
-        pending = list(enumerate(units))
+        settled = None
         if listing is not None and not force and not receipts:
             signatures = self.store.read_settled(
                 with_code=code_hashes is not None, with_outputs=True
             )
             settled = SettledCheck(signatures, listing, code_hashes)
+        broken = {key: error for key, (_, error) in scripts.items() if error}
+        return _Reading(dataset, listing, broken, code_hashes, receipts, settled)
+
+    def _plan(
+        self,
+        reading: _Reading,
+        units: Sequence[Unit],
+        force: bool,
+        only: str | None,
+        stale_only: bool,
+        problems: list[PathProblem] | None,
+        ignore_missing: bool,
+    ) -> list[StepPlan]:
+        dataset, listing, settled = reading.dataset, reading.listing, reading.settled
+        lookup: Lookup = listing if listing is not None else DirectStat(dataset)
+        steps_of = self.layout.steps
+        done: dict[int, list[StepPlan]] = {}
+        pending = list(enumerate(units))
+        if settled is not None:
             pending = []
             for position, unit in enumerate(units):
                 steps = steps_of(unit.task, unit.modality)
@@ -181,21 +234,21 @@ class Engine:
                 else:
                     pending.append((position, unit))
         if self._large(len(pending)):
-            runs = self.store.read_all()
+            runs = reading.all_runs(self.store)
         else:  # a few units left: stat their paths rather than list whole folders
             runs = self.store.read_record({unit.record_id for _, unit in pending})
+            runs.update(reading.receipts)
             lookup = DirectStat(dataset)
-        runs.update(receipts)
         not_ready = self._not_ready({unit.record_id for _, unit in pending}, lookup)
         ctx = PlanContext(
             lookup=lookup,
             runs=runs,
-            code_hashes=code_hashes,
+            code_hashes=reading.code_hashes,
             hasher=(lambda rel: content_hash(f"{dataset}/{rel}"))
             if self.config.content_hash
             else None,
             live_writer=not self.lock.held and self.lock.holder() is not None,
-            broken=broken,
+            broken=reading.broken,
             problems=problems,
             force=force,
             only=only,

@@ -163,7 +163,7 @@ class StatusKeeper:
             started = self.clock()
             board = board_for(engine, generation=self.board.generation if self.board else 0)
             # Rows one at a time into the board's compact table: no million Row objects.
-            board.replace_all(iter_rows(engine.plan(engine.units(Scope())), overlay))
+            board.replace_all(iter_rows(engine.iter_plan(engine.units(Scope())), overlay))
             self.board = board
             cost = self.clock() - started
             self._next_full = self.clock() + max(FULL_MIN, FULL_SPACING * cost)

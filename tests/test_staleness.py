@@ -824,7 +824,7 @@ def test_second_writer_is_refused_while_readers_go_on(harbor: Path) -> None:
 def test_planning_many_units_at_once_decides_as_planning_each_alone(tmp_path, make_workspace):
     """The whole-workspace fast path (folder listings, settled signatures) agrees with
     planning unit by unit, whatever happened to the files."""
-    root = make_workspace(tmp_path / "ws", 90, trivial=True)
+    root = make_workspace(tmp_path / "ws", 300, trivial=True)
     with Workspace(root, verbose=False) as ws:
         ws.steps.run()
     raw, computed = root / "dataset" / "raw", root / "dataset" / "computed"
@@ -832,24 +832,28 @@ def test_planning_many_units_at_once_decides_as_planning_each_alone(tmp_path, ma
     (raw / "REC-00000004-raw.csv").write_text("boat_name,country,size\nA,FR,1\n")  # changed
     (computed / "REC-00000005-mean.csv").unlink()  # an output lost
     (raw / "REC-00000006-raw.csv").unlink()  # an input gone
-    make_workspace(tmp_path / "ws", 2, trivial=True, start=90)  # two new records
+    make_workspace(tmp_path / "ws", 2, trivial=True, start=300)  # two new records
     with Workspace(root, verbose=False) as ws:
         units = ws._engine.units(Scope())
         bulk = ws._engine.plan(units)
         one_by_one = [plan for unit in units for plan in ws._engine.plan([unit])]
+        # The status page's full plan, a few units at a time, what it reads read once
+        chunked = list(ws._engine.iter_plan(units, chunk=7))
+        a_part = ws._engine.plan(units[:70])  # under a quarter of them: path by path
 
     def decisions(plans):
         return [(p.unit, p.step.name, p.status, p.run, p.reasons) for p in plans]
 
     assert len(units) > 64, "large enough to take the fast path"
-    assert decisions(bulk) == decisions(one_by_one)
+    assert decisions(bulk) == decisions(one_by_one) == decisions(chunked)
+    assert decisions(a_part) == decisions([p for p in bulk if p.unit in set(units[:70])])
     stale = {(p.unit.record_id, p.step.name) for p in bulk if p.run}
     assert stale == {
         ("REC-00000003", "count"), ("REC-00000003", "mean"),
         ("REC-00000004", "count"), ("REC-00000004", "mean"),
         ("REC-00000005", "mean"),
-        ("REC-00000090", "count"), ("REC-00000090", "mean"),
-        ("REC-00000091", "count"), ("REC-00000091", "mean"),
+        ("REC-00000300", "count"), ("REC-00000300", "mean"),
+        ("REC-00000301", "count"), ("REC-00000301", "mean"),
     }  # fmt: skip
 
 
