@@ -66,6 +66,7 @@ LIMITS = Path("/proc/sys/fs/inotify")
 #: A step's outputs under their temporary names (created, written, closed, renamed away):
 #: never data, never a marker; about half of a burst's events. Not even queued.
 _OURS = os.sep + TEMP_PREFIX
+_TEMP_NAME = os.fsencode(TEMP_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _pruned(root: bytes, path: bytes) -> bool:
 
 
 if InotifyWatchGroup is not None and all(
-    hasattr(InotifyWatchGroup, name) for name in ("_add_callback", "_add_all_callbacks")
+    hasattr(InotifyWatchGroup, name) for name in ("_add_callback", "_add_all_callbacks", "on_event")
 ):
 
     class _PrunedGroup(InotifyWatchGroup):  # type: ignore[misc,valid-type]
@@ -203,6 +204,15 @@ if InotifyWatchGroup is not None and all(
             if _pruned(self.path, path):
                 return
             super()._add_callback(path)
+
+        def on_event(self, event: Any) -> None:
+            """A step's output under its temporary name (created, written, closed, renamed
+            into place) never reaches watchdog's move pairing: its rename comes in as the
+            output created. Half of a burst's events; and each one waiting in that pairing
+            queue was scanned for at every rename (most of the daemon's watching CPU)."""
+            if event.name.startswith(_TEMP_NAME):
+                return
+            super().on_event(event)
 
         def _add_all_callbacks(self, path: bytes) -> None:
             """watchdog's walk, never into the UNWATCHED folders: `LOG/` holds a file a
