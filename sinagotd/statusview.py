@@ -77,7 +77,7 @@ class StatusKeeper:
     def touch(self, units: Iterable[Unit]) -> None:
         with self._lock:
             self._pending.update(units)
-        self._wake.set()
+        self._wake_up()
 
     def refresh_all(self) -> None:
         self._full = True
@@ -95,6 +95,12 @@ class StatusKeeper:
             changed = (old.queued ^ overlay.queued) | (old.arriving ^ overlay.arriving)
             self._pending.update(changed)
         if changed:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        """Once is enough: the thread clears the wake before it reads what is pending (a
+        burst touches units thousands of times a second, each `set` a lock and a notify)."""
+        if not self._wake.is_set():
             self._wake.set()
 
     def finished(self, steps: int = 1) -> None:

@@ -39,12 +39,14 @@ def load_make_dataset() -> ModuleType:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without what changes how sinagot and sinagotd run (a SINAGOTD_*
-    setting, a scheduler address, Dask's own settings): a benchmark measures the defaults."""
+    setting, a scheduler address, Dask's own settings; a shell's PYTHONDONTWRITEBYTECODE,
+    which has every start compile sinagot's modules again): a benchmark measures the
+    defaults."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("SINAGOTD_", "SINAGOT_", "DASK_"))
-        and key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        and key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "PYTHONDONTWRITEBYTECODE")
     }
     env["SINAGOTD_STATUS_PORT"] = "0"  # never the default port a running daemon may hold
     env.update(extra)
