@@ -87,6 +87,8 @@ class _Lines:
 
 
 def _install() -> None:
+    if isinstance(sys.stdout, _PerThread) and isinstance(sys.stderr, _PerThread):
+        return  # the common case, once per step on a worker: no lock to take
     with _install_lock:
         if not isinstance(sys.stdout, _PerThread):
             sys.stdout = _PerThread(sys.stdout, "stdout")  # type: ignore[assignment]

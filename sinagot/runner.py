@@ -66,6 +66,7 @@ import contextlib
 import ctypes
 import dataclasses
 import fcntl
+import functools
 import json
 import math
 import os
@@ -88,6 +89,7 @@ from typing import Any, ClassVar
 from .capture import output_to
 from .config import LogSettings
 from .fingerprints import (
+    Fingerprint,
     content_hash,
     encode_fingerprints,
     stat_known,
@@ -185,11 +187,27 @@ class StepResult:
         return self.finished - self.started
 
     def to_json(self) -> str:
-        # Shallow: every field but `unit` is a str, float or None (Outcome is a str), and
-        # `asdict`'s deep copy costs a worker more than writing the receipt.
-        data = {name: getattr(self, name) for name in _RESULT_FIELDS}
-        data["unit"] = self.unit._asdict()
-        return json.dumps(data)
+        """`json.dumps` of the fields, `unit` as an object; written for every step, so
+        written out here when every field is what it should be (a str, a finite float or
+        None: Outcome is a str), and by `json.dumps` otherwise: the same text."""
+        unit, started, finished = self.unit, self.started, self.finished
+        texts = (
+            unit.record_id, unit.task, unit.modality, self.step, self.outcome, self.error,
+            self.inputs, self.outputs, self.input_hashes, self.code_hash, self.run_id,
+        )  # fmt: skip
+        try:
+            if not (type(started) is type(finished) is float and isfinite(started + finished)):
+                raise TypeError("not two finite floats")
+            # encode_basestring_ascii: TypeError for what is not a str (or None, here)
+            a, b, c, d, e, f, g, h, i, j, k = (
+                "null" if text is None else _json_str(text) for text in texts
+            )
+            return _RESULT_JSON % (a, b, c, d, e, repr(started), repr(finished), f, g, h, i, j, k)
+        except TypeError:
+            # Shallow: `asdict`'s deep copy costs a worker more than writing the receipt.
+            data = {name: getattr(self, name) for name in _RESULT_FIELDS}
+            data["unit"] = unit._asdict()
+            return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StepResult:
@@ -204,6 +222,16 @@ class StepResult:
             raise ValueError(f"a result is a JSON object, not {_shown(data)}")
         _check_names("", data, _RESULT_FIELDS)
         return cls(**{name: check(name, data[name]) for name, check in _RESULT_FIELDS.items()})
+
+
+_RESULT_JSON = (
+    '{"unit": {"record_id": %s, "task": %s, "modality": %s}, "step": %s, "outcome": %s, '
+    '"started": %s, "finished": %s, "error": %s, "inputs": %s, "outputs": %s, '
+    '"input_hashes": %s, "code_hash": %s, "run_id": %s}'
+)
+#: A str as `json.dumps` writes it (quotes included, ASCII only).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+isfinite = math.isfinite
 
 
 def _parse(text: str | bytes) -> object:
@@ -321,27 +349,33 @@ def run_step(job: StepJob) -> StepResult:
         return refused_result(job, Outcome.NOT_RUN, str(exc))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        earlier = _read_receipt(fd)
+        earlier, size = _read_receipt(fd)
         if isinstance(earlier, StepResult):
             return earlier
         attempt = _Attempt(receipt=fd, dead=earlier)
         if len(earlier) < max(job.attempts, 1):
-            _write(fd, json.dumps({_ATTEMPTS: [*earlier, attempt.token]}))
+            size = _write(fd, _attempts_json((*earlier, attempt.token)), size)
         try:
             result = _run(job, attempt)
         except BaseException:  # interrupted (Ctrl-C), not dead: this attempt does not count
             if earlier:
-                _write(fd, json.dumps({_ATTEMPTS: list(earlier)}))
+                _write(fd, _attempts_json(earlier), size)
             else:
                 os.unlink(path)
             raise
         if result.state is not None:
-            _write(fd, result.to_json())
+            _write(fd, result.to_json(), size)
         else:  # nothing ran: nothing to answer later attempts with
             os.unlink(path)
         return result
     finally:
         os.close(fd)
+
+
+def _attempts_json(tokens: tuple[str, ...]) -> str:
+    """`json.dumps({"attempts": [...]})` of tokens (hex digits: nothing to escape)."""
+    listed = ", ".join(f'"{token}"' for token in tokens)
+    return f'{{"{_ATTEMPTS}": [{listed}]}}'
 
 
 def run_after(job: StepJob, previous: StepResult) -> StepResult:
@@ -361,8 +395,7 @@ def skipped(job: StepJob, reason: str, when: float) -> StepResult:
 def _open_receipt(dataset: str, folder: str, path: str) -> int:
     """The run's receipt, made if need be. A receipts folder the caller put outside the
     dataset is its own business; one inside must not lead out of it."""
-    named = os.path.abspath(dataset)
-    if os.path.commonpath((named, os.path.abspath(folder))) == named:
+    if _named_inside(dataset, folder):
         inside_dataset(dataset, folder, "receipts folder")
     flags = os.O_RDWR | os.O_CREAT
     try:
@@ -373,6 +406,22 @@ def _open_receipt(dataset: str, folder: str, path: str) -> int:
             return open_regular(path, flags, "receipt", 0o666)
     except OSError as exc:
         raise WriteError(f"cannot write receipt {path}: {exc.strerror or exc}") from None
+
+
+def _named_inside(dataset: str, folder: str) -> bool:
+    """Whether `folder` is named inside `dataset` (links not resolved). Asked for every
+    step with the same two paths: the answer for absolute ones (which do not depend on
+    the working folder) is kept."""
+    if os.path.isabs(dataset) and os.path.isabs(folder):
+        return _named_inside_absolute(dataset, folder)
+    named = os.path.abspath(dataset)
+    return os.path.commonpath((named, os.path.abspath(folder))) == named
+
+
+@functools.lru_cache(maxsize=64)
+def _named_inside_absolute(dataset: str, folder: str) -> bool:
+    named = os.path.normpath(dataset)
+    return os.path.commonpath((named, os.path.normpath(folder))) == named
 
 
 def refused_result(job: StepJob, outcome: Outcome, error: str) -> StepResult:
@@ -443,6 +492,8 @@ class _Deadline:
     def stop(self) -> None:
         """From here on the step is not stopped. Safe to call again; never raises once
         the deadline raised (it raises at most once)."""
+        if self.seconds is None:
+            return  # never started: nothing to stop
         with self._lock:  # on a worker, held for good once the process is being ended
             self._armed = False
         if self._timer is not None:
@@ -520,6 +571,7 @@ class _Run:
         self.temps = tuple(temp_path(p, attempt.token) for p in self.finals)
         self.controls = tuple(os.path.join(job.dataset, rel) for rel in job.controls)
         self.ran: dict[str, str | None] = {"inputs": "", "input_hashes": None}
+        self.placed = False  # every output renamed into place: no temporary one is left
         self.deadline = _Deadline(job.time_limit, self._killed)
 
     def finish(self, outcome: Outcome, error: str | None = None, **extra: Any) -> StepResult:
@@ -567,7 +619,8 @@ class _Run:
             self.deadline.stop()
             return self.failed(exc, self.deadline.message, **self.ran)
         finally:
-            _remove(self.temps)  # whatever was not renamed into place, even on Ctrl-C
+            if not self.placed:  # whatever was not renamed into place, even on Ctrl-C
+                _remove(self.temps)
 
     def _load_and_run(self) -> StepResult:
         job, spec, log = self.job, self.job.spec, self.log
@@ -591,15 +644,15 @@ class _Run:
             self.deadline.stop()
             if self.deadline.expired:  # the script caught it, and went on
                 raise TimeLimitExceeded(self.deadline.message)
-            unwritten = [
-                rel for rel, t in zip(job.outputs, self.temps, strict=True) if not os.path.exists(t)
-            ]
+            written = [_stat(t) for t in self.temps]
+            unwritten = [rel for rel, st in zip(job.outputs, written, strict=True) if st is None]
             if unwritten:
                 raise RuntimeError(f"the script did not write output {', '.join(unwritten)}")
-            _place(job.outputs, self.temps, self.finals, job.durable)
+            _place(job.outputs, self.temps, self.finals, job.durable, written)
+            self.placed = True
         except (Exception, SystemExit) as exc:  # a script's sys.exit() fails its step, no more
             return self.failed(exc, one_line(exc), **self.ran)
-        outputs = encode_fingerprints(job.outputs, [stat_known(p) for p in self.finals])
+        outputs = encode_fingerprints(job.outputs, list(map(_fingerprint, written, self.finals)))
         log.write(StepStatus.DONE, "Run finished")
         return self.finish(Outcome.DONE, outputs=outputs, **self.ran)
 
@@ -624,7 +677,7 @@ class _Run:
             label=spec.name,
             debug=job.debug,
             ignore_missing=job.ignore_missing,
-            data_path=Path(job.dataset),
+            data_path=_path(job.dataset),
         )
 
     def _output_folders(self) -> StepResult | None:
@@ -635,11 +688,11 @@ class _Run:
         outcome = Outcome.NOT_RUN
         for folder in dict.fromkeys(os.path.dirname(p) for p in (*self.finals, *self.controls)):
             try:
-                inside_dataset(self.job.dataset, folder, "output folder")
+                there = inside_dataset(self.job.dataset, folder, "output folder")
             except PathRefused as exc:
                 error, outcome = str(exc), Outcome.FAILED
                 break
-            error = _make_folder(folder)
+            error = _make_folder(folder, there)
             if error is not None:
                 break
         if error is None:
@@ -678,10 +731,17 @@ class _Run:
         _remove(self.temps)
 
 
-def _make_folder(folder: str) -> str | None:
-    """Why an output folder cannot be made or written, in one line naming it; None if it can."""
+@functools.lru_cache(maxsize=16)
+def _path(dataset: str) -> Path:
+    """The dataset's `Path` (immutable, so shared by the steps of a process)."""
+    return Path(dataset)
+
+
+def _make_folder(folder: str, there: bool = False) -> str | None:
+    """Why an output folder cannot be made or written, in one line naming it; None if it can.
+    `there`: the folder was just seen to be a folder."""
     try:
-        if not os.path.isdir(folder):
+        if not there and not os.path.isdir(folder):
             os.makedirs(folder, exist_ok=True)
     except FileExistsError:
         return f"output folder {folder} cannot be created: a file is in the way"
@@ -710,19 +770,21 @@ def read_receipt(data: bytes | str) -> StepResult | tuple[str, ...]:
     return StepResult.from_dict(parsed)
 
 
-def _read_receipt(fd: int) -> StepResult | tuple[str, ...]:
-    """What the run's receipt holds; a torn one (or not sinagot's) is one without attempts."""
+def _read_receipt(fd: int) -> tuple[StepResult | tuple[str, ...], int]:
+    """What the run's receipt holds, and its length; a torn one (or not sinagot's) is one
+    without attempts."""
     data = b""
     while chunk := os.pread(fd, 1 << 16, len(data)):
         data += chunk
     try:
-        return read_receipt(data)
+        return read_receipt(data), len(data)
     except ValueError:
-        return ()
+        return (), len(data)
 
 
-def _write(fd: int, text: str) -> None:
-    """Replace what the receipt holds: written over, then cut to its length. Not cut to
+def _write(fd: int, text: str, size: int | None = None) -> int:
+    """Replace what the receipt holds: written over, then cut to its length (when it held
+    more than that, or `size`, its length, is not known); the new length. Not cut to
     zero first: on ext4 a file truncated to zero and written again is flushed to disk when
     it is unlinked (`auto_da_alloc`), which made dropping a receipt cost a millisecond.
     A write torn half-way leaves no JSON (the new text's start, the old one's end): a
@@ -731,11 +793,17 @@ def _write(fd: int, text: str) -> None:
     written = 0
     while written < len(data):
         written += os.pwrite(fd, data[written:], written)
-    os.ftruncate(fd, len(data))
+    if size is None or size > len(data):
+        os.ftruncate(fd, len(data))
+    return len(data)
 
 
 def _place(
-    outputs: tuple[str, ...], temps: tuple[str, ...], finals: tuple[str, ...], durable: bool
+    outputs: tuple[str, ...],
+    temps: tuple[str, ...],
+    finals: tuple[str, ...],
+    durable: bool,
+    written: list[os.stat_result | None] | None = None,
 ) -> None:
     """Move a run's finished outputs into place.
 
@@ -746,8 +814,9 @@ def _place(
     if durable:
         for rel, temp in zip(outputs, temps, strict=True):
             _synced(rel, temp, _sync_tree)
-    for temp, final in zip(temps, finals, strict=True):
-        _replace(temp, final)
+    for i, (temp, final) in enumerate(zip(temps, finals, strict=True)):
+        st = written[i] if written is not None else None
+        _replace(temp, final, stat.S_ISDIR(st.st_mode) if st is not None else None)
     if durable:
         folders = {os.path.dirname(final): rel for rel, final in zip(outputs, finals, strict=True)}
         for folder, rel in folders.items():
@@ -791,10 +860,30 @@ def _raise(exc: OSError) -> None:
     raise exc
 
 
-def _replace(temp: str, final: str) -> None:
+def _stat(path: str) -> os.stat_result | None:
+    """`os.stat`, None where `os.path.exists` says False."""
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _fingerprint(st: os.stat_result | None, final: str) -> Fingerprint | None:
+    """An output's fingerprint once renamed into place: a regular file's from its stat
+    before the rename (which changes neither its size nor its mtime), anything else looked
+    at again."""
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return (st.st_size, st.st_mtime_ns)
+    return stat_known(final)
+
+
+def _replace(temp: str, final: str, is_dir: bool | None = None) -> None:
     """Move a finished output into place; a folder output replaces the old folder (a link
-    in its place is replaced, never followed)."""
-    if os.path.isdir(temp) and os.path.lexists(final):
+    in its place is replaced, never followed). `is_dir`: whether `temp` is a folder, if
+    known already."""
+    if is_dir is None:
+        is_dir = os.path.isdir(temp)
+    if is_dir and os.path.lexists(final):
         if os.path.islink(final) or not os.path.isdir(final):
             os.unlink(final)
         else:

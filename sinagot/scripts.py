@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -207,10 +208,16 @@ def _compile(path: Path, source: bytes) -> tuple[types.CodeType, str]:
     return code, digest
 
 
+@functools.lru_cache(maxsize=_COMPILED_MAX)
+def _module_name(path: str) -> str:
+    """The name of a script's module: the same for every load of one file."""
+    return f"{_MODULE_PREFIX}{code_hash(path.encode())}"
+
+
 def load_script(path: Path) -> LoadedScript:
     """Execute a script file in a fresh module and return its `Script` class."""
     code, digest = _compile(path, _read(path))
-    name = f"{_MODULE_PREFIX}{code_hash(str(path).encode())}"
+    name = _module_name(str(path))
     module = types.ModuleType(name)
     module.__file__ = str(path)
     # Registered so that dataclasses, pickle and friends can find the module while it runs.

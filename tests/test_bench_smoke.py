@@ -195,6 +195,18 @@ def test_bench_dask() -> None:
     assert "PROBLEM:" not in out
 
 
+def test_bench_step() -> None:
+    out = run_bench("bench_step.py", "20", "--repeat", "2")
+    assert_lines(
+        out,
+        r"^40 steps x 2 repeats$",
+        r"^python calls per step: \d+$",
+        r"^CPU per step: [\d.]+ ms .*sinagot's own [\d.-]+ ms$",
+        r"^user CPU per step: ",
+    )
+    assert "PROBLEM:" not in out
+
+
 def test_bench_plan() -> None:
     peer = _has_snakemake()
     out = run_bench("bench_plan.py", "200", *(() if peer else ("--no-peer",)))

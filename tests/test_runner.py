@@ -245,3 +245,46 @@ def test_an_empty_receipt_left_by_a_killed_run_runs_the_step(harbor: Path) -> No
     result = run_step(job)
     assert result.ok and init_runs(job) == 1
     assert StepResult.from_json(receipt.read_text()) == result
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["plain", 'quote " backslash \\ tab \t newline \n', "\x00\x1f control", "\u2028 \u00e9 🐟"],
+)
+def test_a_log_line_is_the_json_of_its_keys_in_their_order(tmp_path: Path, message: str) -> None:
+    """Lines are written without `json.dumps` (a worker writes three a step); what a reader
+    parses, and the text itself, are what `json.dumps` made of 0.3's keys."""
+    log = RecordLog(str(tmp_path), "REC-1", "RS", "EEG", "count", workspace_version="v1")
+    log.write(StepStatus.INIT, message)
+    text = log_path(tmp_path, "REC-1").read_text(encoding="utf-8")
+    line, end = text.split("\n")  # one line ('\u2028' is no line break in JSON lines)
+    assert end == ""
+    keys = json.loads(line)
+    assert keys["message"] == message and keys["step_status"] == int(StepStatus.INIT)
+    assert line == json.dumps(keys, ensure_ascii=False)
+    assert list(keys) == [
+        "log_from", "workspace_version", "record_id", "scope", "task", "modality",
+        "step_label", "step_status", "message", "time",
+    ]  # fmt: skip
+
+
+def test_log_times_are_local_with_their_offset_across_a_daylight_saving_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line's time is what `datetime.astimezone().isoformat()` says, the hour repeated
+    when clocks go back included."""
+    from datetime import datetime
+
+    from sinagot.recordlog import local_iso
+
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    try:
+        back = int(datetime.fromisoformat("2026-10-25T01:00:00+00:00").timestamp())  # 3 -> 2
+        for second in range(back - 7200, back + 7200, 599):
+            for ns in (second * 10**9, second * 10**9 + 123_456_789):
+                expected = datetime.fromtimestamp(ns // 1000 / 1e6).astimezone().isoformat()
+                assert local_iso(ns) == expected, ns
+    finally:
+        monkeypatch.undo()
+        time.tzset()
