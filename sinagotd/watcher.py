@@ -145,12 +145,29 @@ class OpenWrites:
         self._created[path] = now
 
 
+class Overflowed(FileSystemEvent):
+    """Put in the observer's event queue when inotify overflowed: dispatched after the
+    events watchdog had read before the overflow and not yet dispatched."""
+
+    event_type = "sinagot_overflowed"
+
+
 class _Enqueue(FileSystemEventHandler):
     def __init__(self, messages: queue.Queue, writes: OpenWrites | None = None) -> None:
         self._messages = messages
         self._writes = writes
 
+    def on_sinagot_overflowed(self, _event: Overflowed) -> None:
+        """Forget what is open again, here, in order: an open or a write read before the
+        overflow but dispatched after the first `clear` marked its file open again, while
+        its close was among the events lost; that file then never settled (a record held
+        as arriving for good, seen in a 10,000-file burst)."""
+        if self._writes is not None:
+            self._writes.clear()
+
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, Overflowed):
+            return
         if self._writes is not None and not event.is_directory:
             self._track(event)
         if event.event_type in CONTENT_EVENTS:
@@ -178,9 +195,13 @@ class _Errors(logging.Handler):
         super().__init__(logging.WARNING)
         self._messages = messages
         self._writes = writes
+        self.observer: BaseObserver | None = None  # the one whose threads log here
 
     def emit(self, record: logging.LogRecord) -> None:
         self._writes.clear()  # events were lost: a close among them would hold a file
+        observer = self.observer
+        for emitter in observer.emitters if observer is not None else ():
+            emitter.queue_event(Overflowed(""))  # and again, after what is on its way
         self._messages.put(WatchError(_overflow_advice(record.getMessage(), read_limits())))
 
 
@@ -358,6 +379,7 @@ class Watcher:
         handler = _Enqueue(self._messages, self.writes if closes else None)
         for folder, recursive in self._folders:
             observer.schedule(handler, str(folder), recursive=recursive)
+        self._errors.observer = observer
         observer.start()
         first = self._observer is None and not self._started
         self._observer = observer
