@@ -40,7 +40,7 @@ from typing import Any
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, EventEmitter
 from watchdog.observers.polling import PollingObserver
 
 from sinagot.patterns import TEMP_PREFIX
@@ -195,12 +195,14 @@ class _Errors(logging.Handler):
         super().__init__(logging.WARNING)
         self._messages = messages
         self._writes = writes
-        self.observer: BaseObserver | None = None  # the one whose threads log here
+        #: The emitters of the observer whose threads log here, listed when it starts: not
+        #: asked of the observer from its reader's thread (its lock is held by a `stop`
+        #: that waits for that thread).
+        self.emitters: tuple[EventEmitter, ...] = ()
 
     def emit(self, record: logging.LogRecord) -> None:
         self._writes.clear()  # events were lost: a close among them would hold a file
-        observer = self.observer
-        for emitter in observer.emitters if observer is not None else ():
+        for emitter in self.emitters:
             emitter.queue_event(Overflowed(""))  # and again, after what is on its way
         self._messages.put(WatchError(_overflow_advice(record.getMessage(), read_limits())))
 
@@ -379,7 +381,7 @@ class Watcher:
         handler = _Enqueue(self._messages, self.writes if closes else None)
         for folder, recursive in self._folders:
             observer.schedule(handler, str(folder), recursive=recursive)
-        self._errors.observer = observer
+        self._errors.emitters = tuple(observer.emitters)
         observer.start()
         first = self._observer is None and not self._started
         self._observer = observer
