@@ -195,9 +195,9 @@ class _Errors(logging.Handler):
         super().__init__(logging.WARNING)
         self._messages = messages
         self._writes = writes
-        #: The emitters of the observer whose threads log here, listed when it starts: not
-        #: asked of the observer from its reader's thread (its lock is held by a `stop`
-        #: that waits for that thread).
+        #: The emitters of the observer whose threads log here, listed when it starts: the
+        #: observer's own set changes when the loop restarts it, and this is read from
+        #: watchdog's reader thread.
         self.emitters: tuple[EventEmitter, ...] = ()
 
     def emit(self, record: logging.LogRecord) -> None:
