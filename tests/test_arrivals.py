@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import wait_until
 from test_daemon import HEADER, _rows, _utc, counted_boats, write_record
 
 from sinagot import ConfigError
@@ -77,14 +78,8 @@ def rows_of(table: str, record_id: str) -> dict[str, tuple[str, str]]:
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
+    """`daemonproc.wait_until`, a failed wait a plain pytest failure."""
+    return wait_until(check, timeout, what, error=pytest.fail.Exception)
 
 
 def add_ready_when(workspace: Path, marker: str) -> None:
