@@ -5,9 +5,10 @@ thread of its own plans those units with its own read-only `Engine` (its own sta
 connection: SQLite connections stay in the thread that made them) and updates the `Board`
 the web server reads. The loop never waits for the page, and a page never slows the loop by
 more than the planning it asks for: a full plan at start and after each reconcile, then only
-the units that changed, at most every `INTERVAL` seconds, and never more than a
-`1 / UPDATE_SPACING` share of the time (a burst of thousands of new records: the daemon and
-the workers need the CPU more than the page needs to be a quarter-second fresh).
+the units that changed, at most every `INTERVAL` seconds, each update waiting
+`UPDATE_SPACING` times what the last one took: at most a quarter of the time (a burst of
+thousands of new records: the daemon and the workers need the CPU more than the page needs
+to be a quarter-second fresh).
 """
 
 from __future__ import annotations
