@@ -9,7 +9,6 @@ the JSON shape that `docs/design.md` fixes (`/api/status`).
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +19,7 @@ from operator import attrgetter
 
 from .layout import Unit
 from .planner import StepPlan
-from .status import StepStatus
+from .status import cell_status, natural_key
 
 API_VERSION = 1
 
@@ -42,16 +41,6 @@ ORDERS = ("natural", "newest")
 MAX_PER_PAGE = 1000
 #: Cells that will run: the backlog the page's time estimate is about.
 _BACKLOG = frozenset({"STALE", "DATA_READY", "QUEUED", "PROCESSING"})
-#: Cells a settling record's files may still change.
-_UNSETTLED = frozenset({"STALE", "DATA_READY", "QUEUED", "INIT", "DATA_NOT_AVAILABLE"})
-
-
-def natural_key(text: str) -> list[str | int]:
-    """Sort key putting 'REC-2' before 'REC-10': digit runs compare as numbers."""
-    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(text))]
-
-
-_DIGITS = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -74,15 +63,6 @@ class Row:
     steps: tuple[str, ...]
     cells: tuple[str, ...]  # a status name per step, overlay applied
     arriving: bool = False
-
-
-def cell_status(plan: StepPlan, queued: bool, arriving: bool) -> str:
-    name = StepStatus(plan.status).name
-    if queued and plan.run and name != "PROCESSING":
-        name = "QUEUED"
-    if arriving and name in _UNSETTLED:
-        name = "ARRIVING"
-    return name
 
 
 def iter_rows(plans: Iterable[StepPlan], overlay: Overlay = NO_OVERLAY) -> Iterator[Row]:

@@ -24,17 +24,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from . import __version__
-from .board import cell_status, natural_key
 from .engine import Engine
 from .errors import ConfigError, RecordIdError, SinagotError
 from .layout import Scope
 from .patterns import PathProblem
 from .planner import StepPlan
-from .status import StepStatus
+from .status import StepStatus, cell_status, natural_key
 
 EX_OK, EX_FAILED, EX_USAGE, EX_CONFIG, EX_INTERRUPTED, EX_PIPE = 0, 1, 2, 78, 130, 141
 #: `sinagot status --check`: steps are due or in flight, and none failed.
@@ -345,6 +343,8 @@ def _arrival(info: dict[str, object]) -> str:
     if isinstance(writing, int) and writing > 0:
         return f"files arriving: {what}, {writing} still open for writing"
     ready = info.get("ready_at")
+    from datetime import datetime  # only to show a record arriving
+
     try:
         when = datetime.fromisoformat(str(ready).replace("Z", "+00:00")).astimezone()
     except ValueError:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .board import natural_key
 from .cli import (
     EX_FAILED,
     EX_INTERRUPTED,
@@ -29,6 +28,7 @@ from .layout import Scope, Unit
 from .planner import StepPlan
 from .requests import Ended, RequestError, RunRequest, Waiter, ask, read_rows
 from .runner import Outcome, StepResult
+from .status import natural_key
 
 ASK_TIMEOUT = 60.0  # seconds to wait for a running daemon's answer to `sinagot run`
 POLL_SECONDS = 0.2  # `run --wait`: least time between two reads of the state store

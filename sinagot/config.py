@@ -28,8 +28,6 @@ a slip of the keyboard, and would bring the machine down before anything could s
 from __future__ import annotations
 
 import contextlib
-import difflib
-import logging
 import math
 import os
 import re
@@ -184,6 +182,14 @@ class Config:
         return f"{path}: {_key_name(key)}"
 
 
+def _close_match(name: str, known: Sequence[str], cutoff: float = 0.6) -> list[str]:
+    """The known name a typo most likely meant ([] if none): for 'did you mean' hints.
+    difflib is loaded only when a mistake is found."""
+    import difflib
+
+    return difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+
+
 def _key_name(key: Sequence[str]) -> str:
     if not key:
         return "(top level)"
@@ -294,7 +300,7 @@ class _Reader:
     def check_keys(self, key: tuple[str, ...], allowed: Sequence[str]) -> None:
         for name in self.table(*key):
             if name not in allowed:
-                hint = difflib.get_close_matches(name, allowed, n=1)
+                hint = _close_match(name, allowed)
                 more = f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(allowed)}"
                 raise self.error((*key, name), f"unknown key{more}")
 
@@ -368,7 +374,7 @@ def _validate(r: _Reader, files: list[Path]) -> Config:
         if name in KNOWN_TABLES:
             if not isinstance(value, dict):
                 raise r.error((name,), f"expected a table, found {_show(value)}")
-        elif hint := difflib.get_close_matches(name, KNOWN_TABLES, n=1, cutoff=0.75):
+        elif hint := _close_match(name, KNOWN_TABLES, cutoff=0.75):
             raise r.error((name,), f"unknown table (did you mean [{hint[0]}]?)")
 
     # file_match: read by sinagot before 0.3, ignored since (0.3.0 ignored it too).
@@ -561,6 +567,8 @@ def _log(r: _Reader) -> LogSettings:
             ) from None
     level = r.get(("log", "level"), (str, int), LogSettings.level)
     if isinstance(level, int):
+        import logging  # only for a numeric level: `sinagot status` never loads logging
+
         level = logging.getLevelName(level)
     level = str(level).upper()
     if level not in LOG_LEVELS:
@@ -674,7 +682,7 @@ def _time_limits(r: _Reader, steps: tuple[str, ...]) -> dict[str, float]:
     limits = {}
     for name in table:
         if name not in steps:
-            hint = difflib.get_close_matches(name, steps, n=1)
+            hint = _close_match(name, steps)
             more = f"did you mean {hint[0]!r}? " if hint else ""
             raise r.error(
                 (*key, name), f"no step is named {name!r} ({more}steps: {', '.join(steps)})"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import json
 import os
-import secrets
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from .config import ENV_ADDRESS, Config, load_config
 from .errors import SinagotError
 from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
-from .layout import Layout, Scope, Unit
+from .layout import LOG_FOLDER, Layout, Scope, Unit
 from .patterns import Matcher, PathProblem, PathUnreadable, check_record_id
 from .planner import PlanContext, SettledCheck, StepPlan, done_plans, plan_unit
-from .recordlog import LOG_FOLDER, PathRefused, inside_dataset, open_regular
+from .safepaths import PathRefused, inside_dataset, open_regular
 from .scripts import check_script
 from .state import RECEIPTS, RunRecord, StateError, StateStore, WriterLock, run_key
 
@@ -61,6 +61,23 @@ class _Reading:
             self._all = store.read_all()
             self._all.update(self.receipts)
         return self._all
+
+
+@contextlib.contextmanager
+def _gc_paused(large: bool) -> Iterator[None]:
+    """Planning many units allocates millions of small containers (units, plans, lists)
+    and keeps most of them: the cycle collector would walk the growing heap again and
+    again (a tenth of a million-record plan) to find no cycle in data that has none. It
+    is paused for a large plan only, and resumed as it was (another thread planning at the
+    same time may resume it early: only slower, never wrong)."""
+    if not large or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 #: In the state folder: the records a running sinagotd sees arriving (files still being
@@ -145,7 +162,8 @@ class Engine:
         Dataset entries that discovery could not read are added to `problems`, if given."""
         ids = self.layout.discover(scope, problems) if record_ids is None else record_ids
         keys = self.layout.unit_keys(scope)
-        units = [Unit(rid, task, mod) for rid in ids for task, mod in keys]
+        with _gc_paused(record_ids is None):
+            units = [Unit(rid, task, mod) for rid in ids for task, mod in keys]
         if record_ids is None:
             self._size = len(units)
         return units
@@ -174,8 +192,9 @@ class Engine:
         Many units: folders are listed once, and units are first checked against the store's
         settled signatures; only those that differ are planned rule by rule.
         """
-        reading = self._reading(len(units), force)
-        return self._plan(reading, units, force, only, stale_only, problems, ignore_missing)
+        with _gc_paused(self._large(len(units))):
+            reading = self._reading(len(units), force)
+            return self._plan(reading, units, force, only, stale_only, problems, ignore_missing)
 
     def iter_plan(
         self, units: Sequence[Unit], chunk: int = 20_000, *, stale_only: bool = False
@@ -183,10 +202,13 @@ class Engine:
         """`plan(units)`, in order, `chunk` units at a time, what is read of the dataset and
         the store read once: a million units' plans (two million StepPlans, ~1.5 GB) are
         never all in memory at once (the status page's full plan)."""
-        reading = self._reading(len(units), False)
+        with _gc_paused(self._large(len(units))):
+            reading = self._reading(len(units), False)
         for first in range(0, len(units), chunk):
             part = units[first : first + chunk]
-            yield from self._plan(reading, part, False, None, stale_only, None, False)
+            with _gc_paused(self._large(len(part))):
+                plans = self._plan(reading, part, False, None, stale_only, None, False)
+            yield from plans
 
     def _reading(self, count: int, force: bool) -> _Reading:
         """What planning `count` units reads once: folder listings and the store's settled
@@ -539,7 +561,7 @@ class Engine:
         names = []
         for unit, _ in chains:
             found = next((pending[k] for k in keys[unit] if k in pending), None)
-            names.append(found or secrets.token_hex(4))
+            names.append(found or os.urandom(4).hex())
         return names
 
     @property

@@ -39,6 +39,10 @@ from .errors import ConfigError, ScriptError
 from .patterns import Matcher, PathPattern, PathProblem
 from .scripts import PATTERN_NAMES, read_patterns
 
+#: The dataset's folder of per-record logs (`<dataset>/LOG/<id>.log`, see `recordlog`),
+#: where sinagot 0.3 put them.
+LOG_FOLDER = "LOG"
+
 
 @dataclass(frozen=True, slots=True)
 class Scope:

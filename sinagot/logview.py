@@ -17,7 +17,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .recordlog import LOG_FOLDER, history, in_time_order, log_time, parse_entries, read_lines
+from .layout import LOG_FOLDER
+from .recordlog import history, in_time_order, log_time, parse_entries, read_lines
 from .status import StepStatus
 
 #: Status names are at most this long (DATA_NOT_AVAILABLE): the column after them aligns.

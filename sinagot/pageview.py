@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .board import API_VERSION, NO_OVERLAY, Board, Overlay, cell_status
+from .board import API_VERSION, NO_OVERLAY, Board, Overlay
 from .errors import SinagotError
 from .layout import Scope, Unit
-from .recordlog import history, log_time, open_regular, parse_entries
+from .recordlog import history, log_time, parse_entries
+from .safepaths import open_regular
 from .state import LastRun, run_key
-from .status import StepStatus
+from .status import StepStatus, cell_status
 
 if TYPE_CHECKING:
     from .engine import Engine

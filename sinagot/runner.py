@@ -97,7 +97,8 @@ from .fingerprints import (
 )
 from .layout import StepSpec, Unit
 from .patterns import TEMP_PREFIX, PathUnreadable
-from .recordlog import PathRefused, RecordLog, WriteError, inside_dataset, open_regular
+from .recordlog import RecordLog
+from .safepaths import PathRefused, WriteError, inside_dataset, open_regular
 from .scripts import ScriptPaths, ScriptTemplate, check_script, load_script
 from .status import StepStatus
 

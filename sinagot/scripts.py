@@ -12,7 +12,6 @@ import ast
 import contextlib
 import functools
 import hashlib
-import logging
 import os
 import sys
 import types
@@ -22,7 +21,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from .errors import ScriptError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # logging is loaded where a script is bound: `sinagot status` never is
+    import logging
+
     from .layout import Patterns, StepSpec
 
 
@@ -120,6 +121,12 @@ def _module_stem(cls: type) -> str | None:
     return Path(filename).stem if filename else None
 
 
+def _plain_logger(step: str) -> logging.Logger:
+    import logging
+
+    return logging.getLogger(f"sinagot.script.{step}")
+
+
 def bind_script(
     spec: StepSpec,
     record_id: str,
@@ -146,7 +153,7 @@ def bind_script(
             bound(spec.outputs),
             bound(spec.control) if spec.control is not None else None,
         ),
-        logger=logger if logger is not None else logging.getLogger(f"sinagot.script.{spec.name}"),
+        logger=logger if logger is not None else _plain_logger(spec.name),
         label=spec.name,
         data_path=root,
     )

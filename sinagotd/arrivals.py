@@ -36,10 +36,10 @@ from typing import Any
 
 from sinagot.engine import ARRIVING_FILE, Engine
 from sinagot.fingerprints import decode_fingerprints, stat_known
-from sinagot.layout import Layout, Scope, Unit
+from sinagot.layout import LOG_FOLDER, Layout, Scope, Unit
 from sinagot.patterns import Matcher, PathPattern
-from sinagot.recordlog import LOG_FOLDER, PathRefused, open_regular
 from sinagot.runner import StepResult
+from sinagot.safepaths import PathRefused, open_regular
 from sinagot.state import StateStore, run_key
 
 from .settle import Settler

@@ -59,7 +59,7 @@ WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify"
 _CREATED_KEPT = 60.0
 _CREATED_MAX = 4096
 #: Folders directly below a recursively watched folder that are not watched: the record
-#: logs and the receipts the workers write at every step (`sinagot.recordlog.LOG_FOLDER`,
+#: logs and the receipts the workers write at every step (`sinagot.layout.LOG_FOLDER`,
 #: `Engine.receipts`' parent); the daemon ignores their events anyway.
 UNWATCHED = (b"LOG", b".sinagot")
 LIMITS = Path("/proc/sys/fs/inotify")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import SinagotError
-from ..recordlog import PathRefused, inside_dataset, open_regular
+from ..safepaths import PathRefused, inside_dataset, open_regular
 
 #: A plugin's data file is a table of values; anything larger is not one.
 MAX_BYTES = 64 << 20

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SinagotError
 from ..patterns import PathPattern
-from ..recordlog import inside_dataset
+from ..safepaths import inside_dataset
 from .files import parsing, read_text
 from .records import Record, RecordCollection
 
