@@ -9,30 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sinagot import __version__
-from sinagot.batching import kind
 from sinagot.cluster import ClusterError, Connection, connect, resolve_address
 from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
-from sinagot.execute import DaskExecutor, Submitted, newest_input
+from sinagot.execute import DaskExecutor, newest_input
 from sinagot.layout import Scope, Unit
 from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
 from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
-from sinagot.runner import Outcome, StepResult, one_line, refused_result
+from sinagot.runner import StepResult, one_line
 from sinagot.state import StateError
 
-from . import events
 from .alerts import load_notify
 from .arrivals import Arrivals
 from .backlog import Backlog
 from .clusterwatch import ClusterWatch, in_flight, to_resubmit, why_unreachable
+from .flights import Flight, Flights, Loop, StepEnded
 from .monitor import Monitor
 from .reload import compare
 from .requested import Asked, RequestRefused, check, hand_over, refusal_key, refused_reply, who
@@ -40,29 +38,11 @@ from .retries import Retries
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
 from .settle import Settler
+from .stopping import Stopping
 from .throttle import Throttle
 from .watcher import PathChanged, Watcher, WatchError
 
 TICK = 0.1  # seconds: how often the loop looks at timers when nothing arrives
-
-
-@dataclass(frozen=True)
-class StepEnded:
-    """A step of a chain on the cluster ended (its result), or the chain's task did (None)."""
-
-    submitted: Submitted
-    result: StepResult | None
-
-
-@dataclass
-class Flight:
-    """One unit's chain on the cluster."""
-
-    submitted: Submitted
-    generation: str  # names this run's Dask keys; kept when resubmitting after a lost cluster
-    blocked: bool = False  # a step could not run (not the script's fault): retry later
-    lost: bool = False  # the cluster lost it: resubmit
-    results: list[StepResult] = field(default_factory=list)
 
 
 @dataclass
@@ -86,13 +66,8 @@ class Daemon:
         # What waits, what flies, what changed meanwhile (see sinagotd/backlog.py).
         self.books: Backlog[Unit, list[StepPlan], Flight] = Backlog()
         self.retries: Retries[Unit] = Retries()  # units whose steps could not run
-        self.failed_steps = 0
         self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
         self.unreadable: dict[str, str] = {}  # dataset path -> why it cannot be read (reported)
-        self.unrecorded: set[str] = set()  # runs announced whose results the store refused
-        self.later: dict[Unit, tuple[bool, str | None]] = {}  # busy unit -> (force, step) asked
-        self.stops = 0
-        self.reload_requested = False
         self._idle = False
         self.cluster = ClusterWatch()  # the scheduler: up, or lost and when to try again
         self._reconcile_due = False
@@ -103,6 +78,18 @@ class Daemon:
         self.connection: Connection | None = None
         self.requests: RequestServer | None = None
         self.monitor = Monitor(self.log, self._queues, self.clock)
+        # Submitting and landing (sinagotd/flights.py); what it asks of the loop, late-bound
+        # (the workspace, the executor and the client are made at startup, replaced later).
+        loop = Loop(
+            engine=lambda: self.ws, executor=lambda: self.executor,
+            client_running=lambda: self.connection is not None
+            and self.connection.client.status == "running",
+            retry_seconds=lambda: self.settings.retry_seconds, put=self.messages.put,
+            replan=self.replan, ingest=self._ingest,
+            store_failed=self._store_failed, cluster_lost=self._cluster_lost,
+        )  # fmt: skip
+        self.flights = Flights(self.books, self.retries, self.monitor, self.log, self.clock, loop)
+        self.stopping = Stopping(self.flights, self.log, self.clock)  # signals; withdraw, grace
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -202,8 +189,8 @@ class Daemon:
 
     def serve(self) -> int:
         """Run until stopped (or, with --once, until everything is done)."""
-        with self._signals():
-            while not self.stops:
+        with self.stopping.signals():
+            while not self.stopping.stops:
                 try:
                     self._step()
                 except StateError as exc:
@@ -310,8 +297,8 @@ class Daemon:
 
     def _timers(self) -> None:
         now = self.clock()
-        if self.reload_requested:
-            self.reload_requested = False
+        if self.stopping.reload_requested:
+            self.stopping.reload_requested = False
             self.reload("SIGHUP")
         if self.config_settle.due(now):
             self.reload("file change")
@@ -424,175 +411,30 @@ class Daemon:
         return len(by_unit)
 
     def _fill(self) -> None:
-        if self.stops or self.cluster.down or self._paused_until is not None:
+        """Submit what waits (sinagotd/flights.py), unless stopping, the cluster is lost or
+        the store paused."""
+        if self.stopping.stops or self.cluster.down or self._paused_until is not None:
             return
-        room = self.ws.config.dask.max_in_flight - len(self.books.flights)
-        # Units of steps never timed go out a few at a time: their first results say how
-        # many units a Dask task should hold. The rest wait in the queue, in their order.
-        batch = self.books.take(room, self._admit)
-        if batch:
-            self._submit(batch)
+        if self.flights.fill():  # the store took it: it answers, and there is news
+            self._pause_backoff = 1.0
+            self._idle = False
 
-    def _admit(self, batch: Sequence[tuple[Unit, list[StepPlan]]]) -> int:
-        return self.executor.admit(
-            [[kind(u.task, u.modality, p.step.name) for p in plans] for u, plans in batch]
-        )
-
-    def _submit(self, batch: dict[Unit, list[StepPlan]]) -> None:
-        """Submit these units' chains, newest first (the order they come in)."""
-        units = [(unit, [self.ws.job(plan) for plan in plans]) for unit, plans in batch.items()]
-        fresh = [(unit, jobs) for unit, jobs in units if unit not in self.books.lost]
-        names = dict(zip([u for u, _ in fresh], self.ws.generations(fresh), strict=True))
-        chains = [(jobs, self.books.lost.get(unit) or names[unit]) for unit, jobs in units]
-        try:
-            self.ws.store.mark_submitted(
-                [
-                    (job.unit, job.spec.name, generation)
-                    for jobs, generation in chains
-                    for job in jobs
-                ]
-            )
-        except StateError as exc:
-            for unit, plans in batch.items():
-                self._requeue(unit, plans)
-            self._store_failed(exc)
-            return
-        self._pause_backoff = 1.0
-        for unit in batch:
-            self.books.lost.pop(unit, None)
-        ended = self.messages.put
-        try:
-            submitted = self.executor.submit(chains, lambda s, result: ended(StepEnded(s, result)))
-        except Exception as exc:  # the client closed under us: the scheduler is gone
-            for (unit, plans), (_, generation) in zip(batch.items(), chains, strict=True):
-                self.books.lost[unit] = generation
-                self._requeue(unit, plans)
-            self._cluster_lost(one_line(exc))
-            return
-        self._idle = False
-        self.monitor.submitted(batch, self.clock())
-        with events.batch():
-            for (unit, plans), one, (_, generation) in zip(
-                batch.items(), submitted, chains, strict=True
-            ):
-                self.books.fly(unit, Flight(one, generation))
-                for plan in plans:
-                    self.log.info("step.submitted", **_where(unit), step=plan.step.name,
-                                  reasons=list(plan.reasons))  # fmt: skip
-
-    def _requeue(self, unit: Unit, plans: list[StepPlan]) -> None:
-        self.books.requeue(unit, plans)
-
-    # -- results ----------------------------------------------------------------------------
+    # -- results (recorded and landed: sinagotd/flights.py) -----------------------------------
 
     def _ended(self, messages: list[StepEnded]) -> None:
-        # Reports of flights given up when the cluster was lost (resubmitted since) are old.
-        current = [
-            (m.submitted, m.result)
-            for m in messages
-            if (f := self.books.flights.get(m.submitted.unit)) and f.submitted is m.submitted
-        ]
-        results: list[StepResult] = []
-        with events.batch():  # announced (in one write) before they are recorded
-            for submitted, _, result in self.executor.collect(current):
-                flight = self.books.flights[submitted.unit]
-                client_down = self.connection is None or self.connection.client.status != "running"
-                if result.outcome is Outcome.NOT_RUN and (_lost(result) or client_down):
-                    flight.lost = True
-                else:
-                    results.append(result)
-                    flight.results.append(result)
-                    self._report(result)
-                flight.blocked |= result.outcome is Outcome.NOT_RUN and not flight.lost
-        recorded = self._record(results)  # recorded before any receipt is dropped
-        if not recorded:  # announced already: not again when their receipts are ingested
-            self.unrecorded.update(r.run_id for r in results if r.run_id)
-        landed = {s.unit: self.books.flights[s.unit] for s, _ in current if s.ended}
-        self.monitor.changed(landed)
-        for unit, flight in landed.items():
-            self._landed(unit, flight, recorded)
+        self.flights.ended(messages)
         self._fill()
-
-    def _record(self, results: list[StepResult]) -> bool:
-        """Record results; False if the store refused (their receipts then stay on disk,
-        and the reconcile after the store's retry records them)."""
-        try:
-            self.ws.record(results)
-        except StateError as exc:
-            self._store_failed(exc)
-            return False
-        return True
 
     def _ingest(self) -> list[StepResult]:
         """Record and announce what the receipts of units not on the cluster hold."""
         results = self.ws.ingest_receipts(busy=self.books.flights, on_invalid=self._invalid_receipt)
-        self._recovered(results)
+        if self.flights.recovered(results):
+            self._idle = False
         return results
 
     def _invalid_receipt(self, path: str, error: str) -> None:
         self._say("receipt.invalid", self.log.error, path=path, error=error,
                   action="set aside as .invalid-<name>")  # fmt: skip
-
-    def _recovered(self, results: list[StepResult]) -> None:
-        """Runs that finished while nobody listened (receipts): announced now (and so a
-        `daemon.idle` follows them)."""
-        fresh = [r for r in results if r.run_id not in self.unrecorded]
-        self.unrecorded.difference_update(r.run_id for r in results)
-        with events.batch():
-            for result in fresh:
-                self._report(result, recovered=True)
-        if fresh:
-            self._idle = False
-
-    def _report(self, result: StepResult, **extra: object) -> None:
-        self.monitor.step_ended(result)
-        where = {**_where(result.unit), "step": result.step}
-        duration = round(result.duration, 3)
-        if result.ok:
-            self.log.info("step.finished", **where, duration_s=duration, **extra)
-        elif result.outcome is Outcome.SKIPPED:
-            self.log.info("step.skipped", **where, reason=result.error, **extra)
-        else:
-            self.failed_steps += 1
-            self.log.error("step.failed", **where, error=result.error, duration_s=duration, **extra)
-
-    def _landed(self, unit: Unit, flight: Flight, recorded: bool = True) -> None:
-        if flight.lost:  # submitted again, under the same name, once the cluster is back
-            self.books.lose(unit, flight.generation)
-            return
-        changed = self.books.land(unit)
-        if not recorded:  # its receipts stay, for the reconcile after the store's retry
-            return
-        self.ws.forget(flight.results)
-        if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
-            most = self.ws.config.max_attempts
-            attempts = self.retries.attempt(unit, self.clock(), self.settings.retry_seconds, most)
-            if attempts >= most:
-                self._give_up(flight, attempts)
-        else:
-            self.retries.forget(unit)
-        if changed:
-            force, only = self.later.pop(unit, (False, None))
-            self.replan([unit], force=force, only=only)
-
-    def _give_up(self, flight: Flight, attempts: int) -> None:
-        """Steps that could not run `max_attempts` times in a row are recorded as failed:
-        ERROR in `sinagot status`, not retried until an input or the script changes."""
-        unit = flight.submitted.unit
-        # Steps that ended before their worker died may not have been heard of: their
-        # receipts say so. The first step with neither a result nor a receipt is at fault;
-        # those after it never began.
-        recovered = self._ingest()
-        ended = {r.run_id for r in recovered} | {r.run_id for r in flight.results if r.state}
-        errors = {r.step: r.error for r in flight.results if r.outcome is Outcome.NOT_RUN}
-        job = next((j for j in flight.submitted.jobs if j.run_id not in ended), None)
-        if job is None or job.spec.name not in errors:
-            return
-        error = f"{errors[job.spec.name]} (gave up after {attempts} attempts)"
-        if self._record([refused_result(job, Outcome.FAILED, error)]):
-            self.monitor.gave_up(unit, job.spec.name, error)
-            self.log.error("step.gave_up", **_where(unit), step=job.spec.name,
-                           attempts=attempts, error=error)  # fmt: skip
 
     # -- the cluster (when and why: sinagotd/clusterwatch.py) --------------------------------
 
@@ -681,7 +523,7 @@ class Daemon:
         plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
         asked = Asked(request, units, plans, busy, generations)
         self.log.info("run.requested", **asked.fields(), **who(peer))
-        self.later.update(asked.later())  # a forced or one-step request: applied when each lands
+        self.flights.later.update(asked.later())  # forced or one step: applied as each lands
         self._queue(plans, replanned=free)
         self._fill()
         return asked.reply()
@@ -719,14 +561,14 @@ class Daemon:
         self._check_scripts(self.ws.broken_scripts())
         self.reconcile()
 
-    # -- shutdown ---------------------------------------------------------------------------
+    # -- shutdown (signals, what is withdrawn, the grace period: sinagotd/stopping.py) -------
 
     def shutdown(self) -> int:
         """Stop taking work; let running steps finish within the grace period; record."""
-        once = self.options.once and not self.stops
-        first = self.stops  # a second signal from now on, however soon, stops at once
+        once = self.options.once and not self.stopping.stops
+        first = self.stopping.stops  # a second signal from now on, however soon, stops at once
         if not once:
-            withdrawn = self._withdraw()
+            withdrawn = self.stopping.withdraw(self.cluster.down)
             self.log.info("daemon.stopping", in_flight=len(self.books.flights), withdrawn=withdrawn)
             self.notifier.stopping()
         if self.requests is not None:
@@ -735,13 +577,7 @@ class Daemon:
             self.watcher.stop()
         self.units_settle.close()  # no `arriving.json` left behind
         deadline = self.clock() + self.settings.stop_grace_seconds
-        while self.books.flights and self.clock() < deadline and self.stops <= max(first, 1):
-            try:
-                message = self.messages.get(timeout=TICK)
-            except queue.Empty:
-                continue
-            if isinstance(message, StepEnded):
-                self._ended([message])
+        self.stopping.grace(self.messages, self._ended, deadline, first)
         left = len(self.books.flights)
         self.monitor.close(alerts_timeout=max(min(deadline - self.clock(), 5.0), 1.0))
         with contextlib.suppress(Exception):
@@ -749,61 +585,4 @@ class Daemon:
         self.ws.close()
         if not once:
             self.log.info("daemon.stopped", in_flight=left)
-        return 1 if once and self.failed_steps else 0
-
-    def _withdraw(self) -> int:
-        """Units on the cluster that no worker has begun leave it now, recorded as not run
-        (planned again at the next start); only those running get the grace period."""
-        if not self.books.flights or self.cluster.down:
-            return 0
-        try:
-            withdrawn = self.executor.withdraw([f.submitted for f in self.books.flights.values()])
-        except Exception as exc:  # the cluster is going too: the grace period is all there is
-            self.log.warning("cluster.unreachable", error=one_line(exc), retry_in_s=None)
-            return 0
-        results = [
-            refused_result(job, Outcome.NOT_RUN, "withdrawn: sinagotd stopped before it began")
-            for submitted in withdrawn
-            for job in submitted.jobs
-        ]
-        if self._record(results):
-            for submitted in withdrawn:
-                del self.books.flights[submitted.unit]
-        return len(withdrawn)
-
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """Handlers only set flags; the loop acts. A second stop signal stops at once."""
-
-        def stop(signum: int, frame: object) -> None:
-            self.stops += 1
-
-        def hup(signum: int, frame: object) -> None:
-            self.reload_requested = True
-
-        previous = {
-            sig: signal.signal(sig, handler)
-            for sig, handler in (
-                (signal.SIGTERM, stop),
-                (signal.SIGINT, stop),
-                (signal.SIGHUP, hup),
-            )
-        }
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-def _where(unit: Unit) -> dict[str, str | None]:
-    return {"record_id": unit.record_id, "task": unit.task, "modality": unit.modality}
-
-
-def _lost(result: StepResult) -> bool:
-    """The cluster lost the task (scheduler gone): not the step's fault, not a result."""
-    error = result.error or ""
-    return error.startswith(
-        ("CancelledError", "FutureCancelledError", "CommClosedError", "ClosedClientError",
-         "RuntimeError: IOLoop is closed", "FutureLostError")
-    )  # fmt: skip
+        return 1 if once and self.flights.failed_steps else 0
