@@ -381,6 +381,38 @@ class Layout:
                     yield record_id
 
     @cached_property
+    def watched(self) -> tuple[tuple[PathPattern, str | None], ...]:
+        """Every pattern a step reads, writes or is controlled by, and the `ready_when`
+        marker, once each with its task (None: any): what `may_hold` answers for. A
+        reload that changes them changes what sinagotd watches."""
+        found: dict[tuple[PathPattern, str | None], None] = {}
+        for (task, _), steps in self._units.items():
+            for step in steps:
+                control = step.control.patterns if step.control is not None else ()
+                for pattern in (*step.inputs.patterns, *step.outputs.patterns, *control):
+                    found[(pattern, task if pattern.has_task else None)] = None
+        if self.config.ready_when is not None:
+            found[(self.config.ready_when, None)] = None
+        return tuple(found)
+
+    @cached_property
+    def _reach(self) -> tuple[Matcher, ...]:
+        id_regex = self.config.id_regex
+        return tuple(
+            pattern.compile(id_regex, None if task is None else (task,))
+            for pattern, task in self.watched
+        )
+
+    def may_hold(self, folder: str) -> bool:
+        """Can a path a step reads or writes (or the `ready_when` marker) be this
+        dataset-relative folder ('raw', 'raw/REC-1'), or lie in or below it? sinagotd
+        watches no other folder of the dataset: a scratch folder, a copy of last year's
+        data beside the records, make no event to read (none to lose in a queue overflow),
+        and at start the watcher lists no folder it has no use for."""
+        names = folder.split("/")
+        return any(matcher.reaches(names) for matcher in self._reach)
+
+    @cached_property
     def matchers(self) -> list[tuple[Matcher, tuple[str | None, str | None]]]:
         """Every input and output pattern of every unit, for mapping a path back to units."""
         out = []

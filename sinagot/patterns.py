@@ -464,6 +464,19 @@ class Matcher:
             else None
         )
 
+    def reaches(self, names: Sequence[str]) -> bool:
+        """Could a path this pattern matches lie in or below the folder these names lead to
+        (dataset-relative, one name a level), or be that folder, or be a folder holding it?
+        A name matches a part as `match` would match it, each part on its own: an answer
+        errs only towards yes. What sinagotd watches (`Layout.may_hold`)."""
+        for name, part in zip(names, self._parts, strict=False):
+            if isinstance(part, str):
+                if name != part:
+                    return False
+            elif part.fullmatch(name) is None and not part.undecodable_match(name):
+                return False
+        return True
+
     def match(self, relative: str) -> Match | None:
         """Map a dataset-relative path ('raw/REC-1-raw.csv') back to its record and task."""
         names = relative.split("/")

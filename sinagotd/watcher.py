@@ -17,7 +17,9 @@
   through watchdog's threads and then the loop. The library's own folders in the dataset
   (`LOG/`, the record logs, and `.sinagot/`, the workers' receipts) are written at every
   step and never mapped to a record: they are not watched (`_PrunedObserver`), which halves
-  the events of a burst (fewer lost to an inotify queue overflow, less CPU).
+  the events of a burst (fewer lost to an inotify queue overflow, less CPU). Nor is a
+  folder no pattern can reach (`keep`, from `Layout.may_hold`): a scratch folder, last
+  year's copy beside the records. The walk that adds the watches lists folders only.
 - inotify has kernel limits (`fs.inotify.max_user_watches`: one watch a folder;
   `fs.inotify.max_queued_events`: events not yet read). At start, `watch.limits` says what
   is used and what the limits are, as a warning naming the sysctl to raise when the watches
@@ -32,7 +34,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,24 +209,36 @@ class _Errors(logging.Handler):
         self._messages.put(WatchError(_overflow_advice(record.getMessage(), read_limits())))
 
 
-def _pruned(root: bytes, path: bytes) -> bool:
-    """Is `path` in (or is) one of the UNWATCHED folders directly below `root`?"""
+#: Which folders below a watched root to watch: a dataset-relative folder ('raw/REC-1') ->
+#: may a path the daemon cares about be there, or in or below it (`Layout.may_hold`)?
+Keep = Callable[[str], bool]
+
+
+def _pruned(root: bytes, path: bytes, keep: Keep | None = None) -> bool:
+    """Is `path` in (or is) one of the UNWATCHED folders directly below `root`, or a folder
+    below it that `keep` has no use for?"""
     if not path.startswith(root + b"/"):
         return False
-    first = path[len(root) + 1 :].split(b"/", 1)[0]
-    return first in UNWATCHED
+    relative = path[len(root) + 1 :]
+    if relative.split(b"/", 1)[0] in UNWATCHED:
+        return True
+    return keep is not None and not keep(os.fsdecode(relative))
 
 
 if InotifyWatchGroup is not None and all(
-    hasattr(InotifyWatchGroup, name) for name in ("_add_callback", "_add_all_callbacks", "on_event")
+    hasattr(InotifyWatchGroup, name)
+    for name in ("_add_callback", "_add_all_callbacks", "_recursive_simulate", "on_event")
 ):
 
+    @dataclass
     class _PrunedGroup(InotifyWatchGroup):  # type: ignore[misc,valid-type]
-        """A (recursive) watch group that adds no watch in the UNWATCHED folders, at start
-        and when folders are created later."""
+        """A (recursive) watch group that adds no watch in the UNWATCHED folders, nor in a
+        folder its `keep` has no use for, at start and when folders are created later."""
+
+        keep: Keep | None = None
 
         def _add_callback(self, path: bytes) -> None:
-            if _pruned(self.path, path):
+            if _pruned(self.path, path, self.keep):
                 return
             super()._add_callback(path)
 
@@ -237,22 +251,40 @@ if InotifyWatchGroup is not None and all(
                 return
             super().on_event(event)
 
+        def _recursive_simulate(self, src_path: bytes) -> list[Any]:
+            """The events of what a folder made (or moved in) holds, none for a folder that
+            is not watched: watchdog would walk all of it to find no watched folder."""
+            if _pruned(self.path, src_path, self.keep):
+                return []
+            return super()._recursive_simulate(src_path)
+
         def _add_all_callbacks(self, path: bytes) -> None:
-            """watchdog's walk, never into the UNWATCHED folders: `LOG/` holds a file a
-            record (a million entries listed for nothing at a million records)."""
-            if _pruned(self.path, path):
+            """watchdog's walk, never into the UNWATCHED folders (`LOG/` holds a file a
+            record: a million entries listed for nothing at a million records) nor into a
+            folder `keep` has no use for; and listing folders only, where `os.walk` made a
+            string of every file's name too (three million, at a million records)."""
+            if _pruned(self.path, path, self.keep):
                 return
             self._add_callback(path)
             if not (self.is_recursive and os.path.isdir(path)):
                 return
-            for root, dirnames, _ in os.walk(path, followlinks=self.follow_symlink):
-                dirnames[:] = [d for d in dirnames if not _pruned(self.path, os.path.join(root, d))]
-                for dirname in dirnames:
-                    full_path = os.path.join(root, dirname)
-                    if self.follow_symlink or not os.path.islink(full_path):
-                        self._add_callback(full_path)
+            follow, folders = self.follow_symlink, [path]
+            while folders:
+                try:
+                    with os.scandir(folders.pop()) as entries:
+                        found = [e.path for e in entries if e.is_dir(follow_symlinks=follow)]
+                except OSError:  # gone, or cannot be listed: as `os.walk`, go on
+                    continue
+                for folder in found:
+                    if not _pruned(self.path, folder, self.keep):
+                        self._add_callback(folder)
+                        folders.append(folder)
 
     class _PrunedEmitter(InotifyEmitter):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, keep: Mapping[str, Keep] | None = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._keep = (keep or {}).get(self.watch.path)
+
         def on_thread_start(self) -> None:
             self._inotify = _PrunedGroup(
                 self._inotify_fd,
@@ -260,24 +292,27 @@ if InotifyWatchGroup is not None and all(
                 is_recursive=self.watch.is_recursive,
                 event_mask=self.get_event_mask_from_filter(),
                 follow_symlink=self.watch.follow_symlink,
+                keep=self._keep,
             )
 
     class _PrunedObserver(InotifyObserver):  # type: ignore[misc,valid-type]
-        """watchdog's inotify observer, its emitters' recursive watches pruned."""
+        """watchdog's inotify observer, its emitters' recursive watches pruned; `keep`:
+        a watched folder's path -> which folders below it to watch."""
 
-        def __init__(self) -> None:
+        def __init__(self, keep: Mapping[str, Keep] | None = None) -> None:
             super().__init__()
             self._emitter_class = _PrunedEmitter
+            self._emitter_kwargs = {**self._emitter_kwargs, "keep": keep}
 
 else:  # pragma: no cover - another watchdog: every folder is watched
     _PrunedObserver = None  # type: ignore[assignment,misc]
 
 
-def _inotify_observer() -> BaseObserver:
+def _inotify_observer(keep: Mapping[str, Keep] | None = None) -> BaseObserver:
     """The pruned observer where this watchdog allows it, else watchdog's own."""
     if _PrunedObserver is not None:
         try:
-            return _PrunedObserver()
+            return _PrunedObserver(keep)
         except (AttributeError, TypeError):  # internals moved: watch everything instead
             pass
     return Observer()
@@ -352,9 +387,13 @@ class Watcher:
         folders: list[tuple[Path, bool]],  # (folder, recursive)
         kind: str = "auto",
         polling_seconds: float = 1.0,
+        keep: Mapping[Path, Keep] | None = None,
     ) -> None:
         self._messages = messages
         self._folders = folders
+        #: A recursively watched folder -> which folders below it to watch (inotify only;
+        #: the polling observer looks at everything).
+        self._keep = {str(folder): rule for folder, rule in (keep or {}).items()}
         self._kind = kind
         self._polling = polling_seconds
         self._observer: BaseObserver | None = None
@@ -375,7 +414,7 @@ class Watcher:
         if self._kind == "polling":
             observer: BaseObserver = PollingObserver(timeout=self._polling)
         else:
-            observer = _inotify_observer()
+            observer = _inotify_observer(self._keep)
         self.writes.clear()  # what was open before a restart is unknown: events were missed
         closes = is_inotify(observer)  # only inotify reports closes
         handler = _Enqueue(self._messages, self.writes if closes else None)

@@ -156,6 +156,34 @@ def test_the_logs_receipts_and_temporary_outputs_are_not_watched(tmp_path):
     assert not [r for r in relative if r.startswith(("LOG/", ".sinagot")) or TEMP_PREFIX in r]
 
 
+def test_folders_no_pattern_reaches_are_not_watched_nor_walked(tmp_path):
+    """With `keep` (the daemon's `Layout.may_hold`), a scratch tree beside the records is
+    neither watched (no event from it to read, or to lose in an overflow) nor listed; a
+    folder made later that a pattern reaches is watched at once, with what it holds."""
+    for folder in ("raw", "scratch/a/b", "scratch/c"):
+        (tmp_path / folder).mkdir(parents=True)
+    messages: queue.Queue = queue.Queue()
+    keep = {tmp_path: lambda relative: relative.split("/")[0] in ("raw", "computed")}
+    watcher = Watcher(messages, [(tmp_path, True)], keep=keep)
+    watcher.start()
+    try:
+        assert watch_count(watcher._observer) == 2  # the root and raw/: scratch/ is not
+        (tmp_path / "scratch" / "a" / "b" / "noise.csv").write_text("x")
+        (tmp_path / "scratch" / "more").mkdir()  # a folder made later: not watched either
+        staged = tmp_path.parent / f"{tmp_path.name}-staged"
+        (staged / "deep").mkdir(parents=True)
+        (staged / "deep" / "REC-2.csv").write_text("z")
+        os.replace(staged, tmp_path / "computed")  # a tree moved in that a pattern reaches
+        (tmp_path / "raw" / "REC-1.csv").write_text("y")  # the last one written
+        seen = changed_paths(messages, str(tmp_path / "raw" / "REC-1.csv"))
+        assert watch_count(watcher._observer) == 4  # + computed/, computed/deep/
+    finally:
+        watcher.stop()
+    relative = {os.path.relpath(p, tmp_path) for p in seen}
+    assert "raw/REC-1.csv" in relative and "computed" in relative
+    assert not [r for r in relative if r.startswith("scratch/")], relative
+
+
 def test_limits_are_said_once_and_the_sysctl_named_when_watches_run_short():
     log = Log()
     check_limits(40, {"max_user_watches": 8192, "max_queued_events": 16384}, log)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import sinagot
 from sinagot import RecordIdError, Workspace
+from sinagot.engine import Engine
 from sinagot.layout import Unit
 from sinagot.models import Record
 from sinagot.patterns import TEMP_PREFIX, Match, PathPattern, check_linear, check_record_id
@@ -646,3 +647,33 @@ def test_check_linear_says_why_an_id_pattern_cannot_be_matched_in_bounded_time(p
 )
 def test_check_linear_accepts_the_id_patterns_in_use(pattern):
     assert check_linear(pattern) is None
+
+
+# -- what sinagotd watches -----------------------------------------------------------------
+
+
+def test_a_pattern_reaches_the_folders_its_paths_can_be_in_and_no_other():
+    matcher = PathPattern.parse(("raw", "sub-{id}", "eeg", "{id}_{task}.edf")).compile(
+        re.compile(r"\d+"), ("rest",)
+    )
+    for names in ([], ["raw"], ["raw", "sub-12"], ["raw", "sub-12", "eeg"],
+                  ["raw", "sub-12", "eeg", "12_rest.edf"],  # a folder where a file goes
+                  ["raw", "sub-12", "eeg", "12_rest.edf", "inside"]):  # fmt: skip
+        assert matcher.reaches(names), names
+    for names in (["scratch"], ["raw", "sub-x"], ["raw", "sub-12", "meg"],
+                  ["raw", "sub-12", "eeg", "12_other.edf"]):  # fmt: skip
+        assert not matcher.reaches(names), names
+
+
+def test_the_daemon_watches_the_folders_of_every_step_and_of_the_ready_marker(tmp_path: Path):
+    shutil.copytree(EXAMPLES / "harbor", tmp_path / "harbor")
+    config = tmp_path / "harbor" / "workspace.toml"
+    config.write_text(config.read_text().replace(
+        "[records]\n", '[records]\nready_when = "markers/{id}.done"\n', 1))  # fmt: skip
+    layout = Engine(tmp_path / "harbor", verbose=False).layout
+    for folder in ("raw", "computed", "markers"):  # count's input, both outputs, the marker
+        assert layout.may_hold(folder), folder
+    assert not layout.may_hold("scratch")
+    assert not layout.may_hold("LOG")
+    assert not layout.may_hold("raw/elsewhere")  # raw/ holds files: a folder only if named so
+    assert layout.may_hold("raw/REC-20200601-raw.csv")

@@ -393,7 +393,7 @@ def test_inotify_queue_overflow_is_reconciled(make_lab, how):
     - sysctl: `fs.inotify.max_queued_events` lowered to QUEUE (256) while the daemon creates
       its inotify instance (the kernel reads it then; system-wide, so restored as soon as
       the daemon holds it, and in any case on exit), then a burst: 5000 attribute changes
-      on two scratch files (a big copy's worth of events, made faster than any reader
+      on two scratch files in raw/ (a big copy's worth of events, made faster than any reader
       drains them) and 40 recordings dropped at once. (A burst of recordings alone is
       drained in time on an idle machine. With a queue of 8, the daemon's own noise, its
       reads of the state store inside the watched dataset, overflows the queue again and
@@ -409,7 +409,7 @@ def test_inotify_queue_overflow_is_reconciled(make_lab, how):
     if how == "sigstop-flood" and limit > 200_000:
         pytest.skip(f"max_queued_events is {limit}: too many events to flood")
     lab = make_lab(1)
-    scratch = lab.dataset / "scratch"  # matches no pattern: the daemon ignores it
+    scratch = lab.dataset / "raw"  # files named as no pattern: the daemon reads, then ignores
     prepare_flood(scratch)
     if how == "sysctl":
         with max_queued_events(QUEUE) as restore:
