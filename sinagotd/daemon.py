@@ -182,8 +182,9 @@ class Daemon:
         folders += [(folder, False) for folder in {f.parent for f in config.files}]
         config.dataset.mkdir(parents=True, exist_ok=True)
         return Watcher(
-            self.messages, folders, self.settings.observer, self.settings.polling_seconds
-        )
+            self.messages, folders, self.settings.observer, self.settings.polling_seconds,
+            keep={config.dataset: self.ws.layout.may_hold},
+        )  # fmt: skip
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -554,7 +555,9 @@ class Daemon:
         self.log.info("config.reloaded", path=path, error=None, trigger=why)
         self.monitor.reloaded()
         self.monitor.alert_with(notify, path, self.ws.store.failed_steps)
-        if self.watcher is not None and change.folders_moved:
+        if self.watcher is not None and (
+            change.folders_moved or old.layout.watched != ws.layout.watched
+        ):
             self.watcher.stop()
             self.watcher = self._watcher()
             self.watcher.start()
