@@ -171,6 +171,24 @@ def test_ready_when_holds_a_record_until_its_marker_lands_then_it_runs_once(ws, 
     assert counted_boats(ws, NEW) == 5
 
 
+def test_a_reload_that_adds_a_marker_folder_watches_it(ws, sinagotd):
+    """sinagotd watches only the folders its patterns reach: `markers/` is none of them
+    until a reload adds `ready_when = "markers/{id}.done"`; the watcher then watches it too,
+    and the marker written there releases its record at once (no rescan needed)."""
+    daemon = sinagotd(ws)
+    daemon.wait_for("daemon.idle")
+    add_ready_when(ws, "markers/{id}.done")
+    daemon.wait_for("config.reloaded")
+    mark = daemon.mark()
+    write_record(ws, NEW, n_rows=4)
+    daemon.wait_for("record.waiting", record_id=NEW)
+    (ws / "dataset" / "markers").mkdir()
+    (ws / "dataset" / "markers" / f"{NEW}.done").touch()
+    daemon.wait_for("step.finished", 60, record_id=NEW, step="mean")
+    assert [e["step"] for e in daemon.seen("step.submitted", since=mark)] == ["count", "mean"]
+    assert counted_boats(ws, NEW) == 4
+
+
 # -- sinagot run and status without a daemon: ready_when ---------------------------------------
 
 

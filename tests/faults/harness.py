@@ -563,8 +563,9 @@ class Lab:
     def settle(self, timeout: float = 60, unreported_ok: Iterable = ()) -> Books:
         """Wait until the books balance and the running daemon says it is idle; then the full
         check (with `sinagot status`). Returns the balanced books; BooksError otherwise, at
-        once when the daemon is idle with a problem nothing will mend (a step run twice, a
-        half-written output, a run never announced)."""
+        once when the daemon is idle (by its word and by its store: `quiet_books`) with a
+        problem nothing will mend (a step run twice, a half-written output, a run never
+        announced)."""
         daemon = self.daemons[-1]
         last: list[Books] = []
 
@@ -861,12 +862,20 @@ def check_books(lab: Lab, *, with_status: bool = True, unreported_ok: Iterable =
 
 def quiet_books(lab: Lab, daemon: DaemonRun, unreported_ok: Iterable = ()) -> tuple[Books, bool]:
     """The books (without `sinagot status`), and whether the daemon was idle all the while
-    they were read: its last word `daemon.idle`, and no event since (a run's log line can
-    precede its step.finished event; a consistent view needs a quiet daemon)."""
+    they were read: its last word `daemon.idle`, no event since (a run's log line can
+    precede its step.finished event; a consistent view needs a quiet daemon), and no step
+    marked submitted in its state store.
+
+    The events alone can say idle while the daemon is busy: its `daemon.idle` stays its last
+    word through a `watch.error` (a reconcile follows), a worker can end a step before the
+    daemon has written that step's `step.submitted`, and its stdout reaches the test through
+    a thread that lags on a loaded machine. The store does not lag: a step is marked before
+    it may begin, and unmarked only once its run was announced (a CI run failed at once on
+    "ran, never announced" after an overflow, with 14 steps still marked)."""
     before = daemon.mark()
     idle = daemon.idle()
     books = check_books(lab, with_status=False, unreported_ok=unreported_ok)
-    return books, idle and daemon.mark() == before
+    return books, idle and not books.in_flight and daemon.mark() == before
 
 
 def stray_key(name: str) -> Key | None:
