@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -209,6 +210,60 @@ class _Errors(logging.Handler):
         self._messages.put(WatchError(_overflow_advice(record.getMessage(), read_limits())))
 
 
+#: File systems whose folders count 2 + their subfolders as links (the POSIX convention;
+#: GNU find trusts it on these too): a folder with 2 links holds no folder. Not btrfs (1),
+#: nor network or FUSE file systems, whose counts may be anything.
+COUNTING_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs", "f2fs"})
+MOUNTS = Path("/proc/self/mountinfo")
+
+
+def fs_type(path: bytes | str, mounts: Path = MOUNTS) -> str | None:
+    """The type of the file system `path` is on ('ext4'), from the mount table; None when
+    it cannot be told."""
+    real = os.path.realpath(os.fsdecode(path))
+    try:
+        lines = mounts.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    best, found = -1, None
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        point = _unescape(fields[4])
+        after = fields[fields.index("-", 6) + 1 :]
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best and after:
+            best, found = len(point), after[0]
+    return found
+
+
+def _unescape(text: str) -> str:
+    """A mount point as the mount table writes it (space, tab, newline, backslash as \\ooo)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+class _LeafTest:
+    """Does a folder below `root` hold no folder, told by its link count alone (no listing:
+    at a million records, `raw/` and `computed/` list three million names to find none)?
+    Only on a COUNTING_FS, and only for folders on the root's own device."""
+
+    def __init__(self, root: bytes) -> None:
+        try:
+            self._device = os.stat(root).st_dev if fs_type(root) in COUNTING_FS else None
+        except OSError:
+            self._device = None
+
+    def __call__(self, folder: bytes) -> bool:
+        if self._device is None:
+            return False
+        try:
+            st = os.stat(folder)
+        except OSError:
+            return False
+        return st.st_dev == self._device and st.st_nlink == 2
+
+
 #: Which folders below a watched root to watch: a dataset-relative folder ('raw/REC-1') ->
 #: may a path the daemon cares about be there, or in or below it (`Layout.may_hold`)?
 Keep = Callable[[str], bool]
@@ -269,9 +324,13 @@ if InotifyWatchGroup is not None and all(
             if not (self.is_recursive and os.path.isdir(path)):
                 return
             follow, folders = self.follow_symlink, [path]
+            leaf = _LeafTest(path)
             while folders:
+                folder = folders.pop()
+                if leaf(folder):
+                    continue
                 try:
-                    with os.scandir(folders.pop()) as entries:
+                    with os.scandir(folder) as entries:
                         found = [e.path for e in entries if e.is_dir(follow_symlinks=follow)]
                 except OSError:  # gone, or cannot be listed: as `os.walk`, go on
                     continue

@@ -28,12 +28,15 @@ from sinagot.layout import Unit
 from sinagot.patterns import TEMP_PREFIX
 from sinagotd.arrivals import OwnOutputs
 from sinagotd.watcher import (
+    COUNTING_FS,
     PathChanged,
     Watcher,
     WatchError,
     _Errors,
+    _LeafTest,
     _overflow_advice,
     check_limits,
+    fs_type,
     watch_count,
 )
 
@@ -182,6 +185,32 @@ def test_folders_no_pattern_reaches_are_not_watched_nor_walked(tmp_path):
     relative = {os.path.relpath(p, tmp_path) for p in seen}
     assert "raw/REC-1.csv" in relative and "computed" in relative
     assert not [r for r in relative if r.startswith("scratch/")], relative
+
+
+def test_a_folder_is_known_to_hold_no_folder_by_its_link_count_on_file_systems_that_count(
+    tmp_path,
+):
+    """The start-up walk lists no folder that its link count says holds no folder (on ext4,
+    xfs, tmpfs...: `raw/` of a million records is three million names less to list)."""
+    mounts = tmp_path / "mountinfo"
+    mounts.write_text(
+        "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+        "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "30 27 0:30 / /mnt/lab\\040share rw - cifs //nas/lab rw\n"
+        "31 30 0:31 / /mnt/lab\\040share/fast rw - tmpfs tmpfs rw\n"
+    )
+    assert fs_type("/home/x", mounts) == "ext4"
+    assert fs_type("/mnt/lab share/records", mounts) == "cifs"  # never trusted
+    assert fs_type("/mnt/lab share/fast/raw", mounts) == "tmpfs"  # the longest mount point
+    assert fs_type("/x", tmp_path / "missing") is None
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "REC-1.csv").write_text("x")
+    (tmp_path / "tree" / "REC-1").mkdir(parents=True)
+    leaf = _LeafTest(os.fsencode(tmp_path))
+    counting = fs_type(tmp_path) in COUNTING_FS
+    assert leaf(os.fsencode(tmp_path / "flat")) is counting  # elsewhere: listed, as before
+    assert leaf(os.fsencode(tmp_path / "tree")) is False
+    assert leaf(os.fsencode(tmp_path / "gone")) is False
 
 
 def test_limits_are_said_once_and_the_sysctl_named_when_watches_run_short():

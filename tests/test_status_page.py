@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from test_daemon import IDS, make_count_fail_for, write_record
 
 from sinagot.board import Board, Overlay, Query, Row, natural_key
 from sinagot.layout import Unit
+from sinagotd.statusview import CHECK_EVERY, StatusKeeper, _Stopped, _until
 
 
 def fetch(url: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, bytes]:
@@ -442,3 +445,42 @@ def test_a_records_detail_reads_only_the_end_of_a_huge_log(tmp_path: Path):
     assert entries[-1]["message"] == "the last one"
     assert len(entries) < LOG_BYTES // 200  # a bounded read, and no torn first line
     assert all(entry["step_label"] == "count" for entry in entries)
+
+
+# -- the keeper's thread and the daemon's stop -------------------------------------------------
+
+
+def test_a_full_plan_in_progress_ends_at_the_daemon_stop():
+    """At a million records a full plan takes a minute: a stop ends it within a chunk of
+    plans, so that the thread is joined before the process exits (one killed inside RE2
+    at exit aborted the daemon after its clean `daemon.stopped`)."""
+    stop = threading.Event()
+    produced: list[int] = []
+
+    def plans():
+        for i in itertools.count():  # endless: only the stop ends it
+            produced.append(i)
+            if i == CHECK_EVERY + CHECK_EVERY // 2:
+                stop.set()
+            yield i
+
+    got: list[int] = []
+    with pytest.raises(_Stopped):
+        got.extend(_until(stop.is_set, plans()))
+    assert got == produced == list(range(2 * CHECK_EVERY))  # the chunk under way, no more
+    assert list(_until(lambda: False, range(5))) == [0, 1, 2, 3, 4]
+
+
+def test_the_keeper_builds_its_board_and_its_thread_ends_at_stop(harbor):
+    class Log:
+        def exception(self, event: str, **fields: object) -> None:
+            raise AssertionError(f"{event} {fields}")
+
+    keeper = StatusKeeper(str(harbor), Log()).start()
+    deadline = time.monotonic() + 60
+    while keeper.board is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keeper.board is not None
+    assert keeper.board.units_of("REC-20200601")
+    keeper.stop()
+    assert not keeper.started  # joined: nothing of it left running at the process's exit
