@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -306,6 +307,11 @@ if InotifyWatchGroup is not None and all(
                 return
             super().on_event(event)
 
+        @functools.cached_property
+        def _leaf(self) -> _LeafTest:
+            """Told once a group: the walk runs again at every folder made in a watched one."""
+            return _LeafTest(self.path)
+
         def _recursive_simulate(self, src_path: bytes) -> list[Any]:
             """The events of what a folder made (or moved in) holds, none for a folder that
             is not watched: watchdog would walk all of it to find no watched folder."""
@@ -324,10 +330,9 @@ if InotifyWatchGroup is not None and all(
             if not (self.is_recursive and os.path.isdir(path)):
                 return
             follow, folders = self.follow_symlink, [path]
-            leaf = _LeafTest(path)
             while folders:
                 folder = folders.pop()
-                if leaf(folder):
+                if self._leaf(folder):
                     continue
                 try:
                     with os.scandir(folder) as entries:
