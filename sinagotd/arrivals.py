@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +128,30 @@ class Arrivals(Settler[Unit]):
             record.units.add(unit)
             record.files.add(path)
             self._changed = True
+
+    def data_changed(
+        self, route: Route, path: str, flights: Mapping[Unit, Any], store: StateStore, now: float
+    ) -> bool:
+        """A dataset path changed (`route`: what it concerns): settle those units. An
+        output that the daemon's own run wrote is no news for the unit that wrote it
+        (`OwnOutputs`; a reader in another unit still gets a plan). True if any unit is
+        concerned: a sidecar no step reads is no work (no `daemon.idle` per event)."""
+        units, owner = route.units, route.owner
+        flight = flights.get(owner) if owner is not None else None
+        results = flight.results if flight is not None else None  # None: not in flight
+        if owner is not None and self.own.expected(owner, route.relative, path, results, store):
+            units = tuple(u for u in units if u != owner)
+        self.changed(path, units, now, owner is not None)
+        return bool(units)
+
+    def settle(self, now: float, in_flight: Container[Unit], store: StateStore) -> list[Unit]:
+        """Once a pass, after its events: the units whose files settled (`tick`, `due`).
+        An output noted while its unit was on the cluster that changed since its run
+        (`OwnOutputs.landed`) settles first as any changed file does."""
+        for unit, path in self.own.landed(in_flight, store):
+            self.changed(path, [unit], now, output=True)  # changed since its run
+        self.tick(now)
+        return self.due(now)
 
     def keys(self) -> frozenset[Unit]:
         """The units whose files are arriving: not those only settling after their own

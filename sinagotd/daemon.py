@@ -15,25 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sinagot import __version__
-from sinagot.cluster import ClusterError, Connection, connect, resolve_address
+from sinagot.cluster import ClusterError, connect, resolve_address
 from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
 from sinagot.execute import DaskExecutor, newest_input
 from sinagot.layout import Scope, Unit
 from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
-from sinagot.requests import Handoff, Peer, RequestError, RequestServer, RunRequest
+from sinagot.requests import Handoff, RequestError, RequestServer
 from sinagot.runner import StepResult, one_line
 from sinagot.state import StateError
 
 from .alerts import load_notify
 from .arrivals import Arrivals
 from .backlog import Backlog
-from .clusterwatch import ClusterWatch, in_flight, to_resubmit, why_unreachable
+from .clusterwatch import ClusterLink
 from .flights import Flight, Flights, Loop, StepEnded
 from .monitor import Monitor
 from .reload import compare
-from .requested import Asked, RequestRefused, check, hand_over, refusal_key, refused_reply, who
+from .requested import RequestRefused, RunDesk
 from .retries import Retries
 from .sdnotify import Notifier
 from .settings import DaemonSettings, load_settings
@@ -69,27 +69,35 @@ class Daemon:
         self.broken: dict[str, str] = {}  # script path -> why it cannot be loaded (reported)
         self.unreadable: dict[str, str] = {}  # dataset path -> why it cannot be read (reported)
         self._idle = False
-        self.cluster = ClusterWatch()  # the scheduler: up, or lost and when to try again
         self._reconcile_due = False
         self._paused_until: float | None = None  # a store write failed: retry then
         self._pause_backoff = 1.0
         self.throttle = Throttle(1.0)
         self.watcher: Watcher | None = None
-        self.connection: Connection | None = None
         self.requests: RequestServer | None = None
         self.monitor = Monitor(self.log, self._queues, self.clock)
+        # The scheduler: its connection, outages, reconnects (sinagotd/clusterwatch.py).
+        self.cluster = ClusterLink(
+            self.books, self.monitor, self.log, self.clock,
+            executor=lambda: self.executor, paused=lambda: self._paused_until is not None,
+            ingest=self._ingest, replan=self.replan, news=self._news,
+        )  # fmt: skip
         # Submitting and landing (sinagotd/flights.py); what it asks of the loop, late-bound
         # (the workspace, the executor and the client are made at startup, replaced later).
         loop = Loop(
             engine=lambda: self.ws, executor=lambda: self.executor,
-            client_running=lambda: self.connection is not None
-            and self.connection.client.status == "running",
+            client_running=self.cluster.running,
             retry_seconds=lambda: self.settings.retry_seconds, put=self.messages.put,
             replan=self.replan, ingest=self._ingest,
-            store_failed=self._store_failed, cluster_lost=self._cluster_lost,
+            store_failed=self._store_failed, cluster_lost=self.cluster.lost,
         )  # fmt: skip
         self.flights = Flights(self.books, self.retries, self.monitor, self.log, self.clock, loop)
         self.stopping = Stopping(self.flights, self.log, self.clock)  # signals; withdraw, grace
+        # `sinagot run` requests (sinagotd/requested.py); startup hands the server its two ends.
+        self.desk = RunDesk(
+            self.books, self.flights, self.log, engine=lambda: self.ws, put=self.messages.put,
+            say=self._say, queue=self._queue, fill=self._fill,
+        )  # fmt: skip
 
     # -- startup ------------------------------------------------------------------------------
 
@@ -106,7 +114,7 @@ class Daemon:
         self._ingest()
         self.executor = self._executor(self.ws)
         try:
-            self.connection = self.executor.connection
+            connection = self.cluster.connection = self.executor.connection
         except (ClusterError, ConfigError):
             raise  # already one line naming the address (or the key) and the cause
         except Exception as exc:  # OSError, TimeoutError, ...: said plainly, exit 1
@@ -123,8 +131,8 @@ class Daemon:
             "daemon.started",
             workspace=str(self.ws.config.files[0]),
             version=__version__,
-            scheduler=self.connection.scheduler,
-            dashboard=self.connection.dashboard,
+            scheduler=connection.scheduler,
+            dashboard=connection.dashboard,
             observer=self.settings.observer,
             settle_seconds=self.settings.settle_seconds,
             status_page=page,
@@ -149,7 +157,7 @@ class Daemon:
         self.monitor.start_board()
         try:
             self.requests = RequestServer(
-                self.ws.config.state_dir, self._on_request, self._on_refused
+                self.ws.config.state_dir, self.desk.on_request, self.desk.on_refused
             ).start()
         except RequestError as exc:  # `sinagot run` will say nothing answers; the rest goes on
             self.log.error("run.unavailable", error=str(exc))
@@ -258,20 +266,16 @@ class Daemon:
     def _handle(self, message: object) -> None:
         now = self.clock()
         if isinstance(message, Handoff):
-            if message.take():
-                reply = {"ok": False, "error": "the daemon failed on this request"}
-                try:
-                    reply = self._requested(message.request, message.peer)
-                finally:
-                    message.answer(reply)
+            self.desk.take(message)
         elif isinstance(message, RequestRefused):
-            self._refused(message.peer, message.error)
+            self.desk.refused(message.peer, message.error)
         elif isinstance(message, PathChanged):
             self._path_changed(message.path, now)
         elif isinstance(message, WatchError):
             # One rescan per loop pass, and one event a second, however many errors come:
             # an overflowing queue must not turn into a storm of rescans.
             self._reconcile_due = True
+            self._idle = False  # events were lost: a `daemon.idle` follows the reconcile
             self.monitor.watch_error()
             self._say("watch.error", self.log.warning, error=message.error)
 
@@ -284,17 +288,10 @@ class Daemon:
             self.config_settle.touch(Path(path), now)
         elif route.kind == "script":
             self.scripts_settle.touch(Path(path), now)
-        elif route.kind == "data":
-            units, owner = route.units, route.owner
-            flight = self.books.flights.get(owner) if owner is not None else None
-            results = flight.results if flight is not None else None  # None: not in flight
-            if owner is not None and self.units_settle.own.expected(
-                owner, route.relative, path, results, self.ws.store
-            ):  # its own run's output: no plan (a reader in another unit still gets one)
-                units = tuple(u for u in units if u != owner)
-            self.units_settle.changed(path, units, now, owner is not None)
-            if units:  # a sidecar no step reads is no work: no `daemon.idle` per event
-                self._idle = False
+        elif route.kind == "data" and self.units_settle.data_changed(
+            route, path, self.books.flights, self.ws.store, now
+        ):  # a sidecar no step reads is no work: no `daemon.idle` per event
+            self._idle = False
 
     def _timers(self) -> None:
         now = self.clock()
@@ -309,10 +306,7 @@ class Daemon:
             keys = {key for script in scripts for key in self.ws.layout.uses_script(script)}
             ids = list(self.ws.layout.discover(Scope()))
             self.replan([Unit(r, t, m) for r in ids for t, m in keys])
-        for unit, path in self.units_settle.own.landed(self.books.flights, self.ws.store):
-            self.units_settle.changed(path, [unit], now, output=True)  # changed since its run
-        self.units_settle.tick(now)
-        units = self.units_settle.due(now)
+        units = self.units_settle.settle(now, self.books.flights, self.ws.store)
         if units:
             self.monitor.settled(units, now)
             for unit in units:  # its files changed: a retry need not wait any more
@@ -334,7 +328,7 @@ class Daemon:
         if now >= self._next_rescan:
             self._next_rescan = now + self.settings.rescan_seconds
             self.reconcile()
-        self._check_cluster(now)
+        self.cluster.check(now)
         self.monitor.tick(now, self.books.waiting.keys, self.units_settle.keys)
         if self._is_idle() and not self._idle:
             self._idle = True
@@ -426,6 +420,10 @@ class Daemon:
         self.flights.ended(messages)
         self._fill()
 
+    def _news(self) -> None:
+        """Something happened: a `daemon.idle` follows once all is done again."""
+        self._idle = False
+
     def _ingest(self) -> list[StepResult]:
         """Record and announce what the receipts of units not on the cluster hold."""
         results = self.ws.ingest_receipts(busy=self.books.flights, on_invalid=self._invalid_receipt)
@@ -436,98 +434,6 @@ class Daemon:
     def _invalid_receipt(self, path: str, error: str) -> None:
         self._say("receipt.invalid", self.log.error, path=path, error=error,
                   action="set aside as .invalid-<name>")  # fmt: skip
-
-    # -- the cluster (when and why: sinagotd/clusterwatch.py) --------------------------------
-
-    def _check_cluster(self, now: float) -> None:
-        """A scheduler that went away: the client gives up; make a new one, resubmit."""
-        if self.connection is None:
-            return
-        self.monitor.cluster(self.cluster.healthy(self.connection.client.status))
-        if not self.cluster.down:
-            lost, paused = bool(self.books.lost), self._paused_until is not None
-            if self.cluster.resubmit_now(self.connection.client.status, lost, paused):
-                self._resubmit_lost()
-            why = self.cluster.gone(self.connection.client.status)
-            if why is None:
-                return
-            self._cluster_lost(why)
-        if not self.cluster.due(now):
-            return
-        try:
-            self.connection = self.executor.connection
-        except Exception as exc:
-            error = why_unreachable(exc)
-            wait, say = self.cluster.failed(now, self.clock(), error)
-            if say:
-                self.log.warning("cluster.unreachable", error=error, retry_in_s=wait,
-                                 tries=self.cluster.failures)  # fmt: skip
-            return
-        self.cluster.reconnected()
-        self._idle = False  # a `daemon.idle` follows the recovery, even with nothing to redo
-        self.books.lose_all(lambda flight: flight.generation)
-        self.log.info("cluster.reconnected", scheduler=self.connection.scheduler,
-                      resubmitting=len(self.books.lost))  # fmt: skip
-        self._resubmit_lost()
-
-    def _resubmit_lost(self) -> None:
-        """Units the cluster lost: record what their workers finished, plan them again
-        (fresh: the plans made before may be out of date), submit under their old names."""
-        lost = to_resubmit(self.books.lost, self.books.flights)
-        self._ingest()
-        for unit in lost:
-            self.books.drop(unit)
-        self.replan(lost)
-        for unit in lost:  # up to date after all: nothing to resubmit under that name
-            if unit not in self.books.flights and unit not in self.books.waiting:
-                self.books.lost.pop(unit, None)
-
-    def _cluster_lost(self, why: str) -> None:
-        """Say the loss once per outage; tries begin at once, counted afresh."""
-        if not self.cluster.lose(self.clock()):
-            return
-        units = in_flight(self.books.flights, self.books.lost)
-        scheduler = self.connection.scheduler if self.connection else None
-        self.log.warning("cluster.lost", scheduler=scheduler, in_flight=units, error=why)
-        self._idle = False  # what was said before the loss is out of date
-        with contextlib.suppress(Exception):
-            self.executor.close()
-
-    # -- `sinagot run` requests (what they name, what the reply says: sinagotd/requested.py) --
-
-    def _on_request(self, request: RunRequest, peer: Peer) -> dict[str, object]:
-        """A request server thread: hand the request to the loop, wait for its answer."""
-        return hand_over(self.messages.put, request, peer)
-
-    def _refused(self, peer: Peer, error: str) -> None:
-        key = refusal_key(peer, error)  # one user's flood of one mistake: once a second
-        self._say("run.refused", self.log.warning, key=key, error=error, **who(peer))
-
-    def _on_refused(self, peer: Peer, error: str) -> None:
-        self.messages.put(RequestRefused(peer, error))
-
-    def _requested(self, request: RunRequest, peer: Peer) -> dict[str, object]:
-        """`sinagot run` while the daemon runs: plan as asked (forced, one step) and queue;
-        the reply says what was queued, or why nothing was. Asked to (`sinagot run --wait`),
-        it also names them: `queued_steps` [[record_id, task, modality, step], ...], and
-        `busy_units` [[record_id, task, modality, generation in flight], ...], the units on
-        the cluster already, planned again as asked when they land (`Asked.reply`)."""
-        try:
-            scope, ids = check(self.ws, request)
-        except ValueError as exc:
-            self._refused(peer, str(exc))
-            return refused_reply(str(exc))
-        units = self.ws.units(scope, ids)
-        free = self.books.split(units)  # those in flight are planned again when they land
-        busy = [u for u in units if u in self.books.flights]
-        generations = {u: self.books.flights[u].generation for u in busy}  # what --wait follows
-        plans = self.ws.plan(free, force=request.force, only=request.step, stale_only=True)
-        asked = Asked(request, units, plans, busy, generations)
-        self.log.info("run.requested", **asked.fields(), **who(peer))
-        self.flights.later.update(asked.later())  # forced or one step: applied as each lands
-        self._queue(plans, replanned=free)
-        self._fill()
-        return asked.reply()
 
     # -- reload (what changed: sinagotd/reload.py) -------------------------------------------
 

@@ -177,9 +177,10 @@ def test_a_reload_that_adds_a_marker_folder_watches_it(ws, sinagotd):
     and the marker written there releases its record at once (no rescan needed)."""
     daemon = sinagotd(ws)
     daemon.wait_for("daemon.idle")
-    add_ready_when(ws, "markers/{id}.done")
-    daemon.wait_for("config.reloaded")
     mark = daemon.mark()
+    add_ready_when(ws, "markers/{id}.done")
+    daemon.wait_for("config.reloaded", since=mark)
+    daemon.wait_for("watch.limits", since=mark)  # the watcher restarted: what it watches
     write_record(ws, NEW, n_rows=4)
     daemon.wait_for("record.waiting", record_id=NEW)
     (ws / "dataset" / "markers").mkdir()

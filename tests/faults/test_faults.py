@@ -432,6 +432,8 @@ def test_inotify_queue_overflow_is_reconciled(make_lab, how):
     assert "overflow" in error["error"].lower(), f"[{how}] {error}"
     books = lab.settle(timeout=120)
     assert all(books.runs[(rid, "count")] == 1 for rid in new), f"[{how}] {books.report()}"
+    # An operator tailing the events is told when the reconcile after it is done.
+    daemon.wait_for("daemon.idle", 60, since=daemon.events.index(error))
     if how == "sigstop-flood":  # the events were lost: only the reconcile found them
         position = daemon.events.index(error)
         first = min(daemon.events.index(e) for e in daemon.seen("step.submitted", since=mark))
