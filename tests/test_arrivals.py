@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from daemonproc import wait_until
+from said import Said
 from test_daemon import HEADER, _rows, _utc, counted_boats, write_record
 
 from sinagot import ConfigError
@@ -40,22 +41,6 @@ from sinagotd.watcher import OpenWrites, Watcher
 
 NEW = "REC-20200604"
 RAW = f"raw/{NEW}-raw.csv"
-
-
-class Log:
-    """Stands for the daemon's structlog logger: keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.events.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.events.append(("warning", event, fields))
-
-    def named(self, event: str) -> list[dict[str, Any]]:
-        return [fields for _, name, fields in self.events if name == event]
 
 
 def sinagot(*args: str | Path) -> subprocess.CompletedProcess:
@@ -283,8 +268,8 @@ class Clock:
 
 def arrivals(
     seconds: float = 2.0, writes: OpenWrites | None = None, state_dir: Path | None = None
-) -> tuple[Arrivals, Log]:
-    log = Log()
+) -> tuple[Arrivals, Said]:
+    log = Said()
     return Arrivals(seconds, log, state_dir, writes=lambda: writes, wall=lambda: 1.6e9), log
 
 
@@ -322,7 +307,7 @@ def test_a_file_open_and_quiet_for_an_hour_is_acted_on_with_a_warning(tmp_path) 
     (unclosed,) = log.named("record.unclosed")
     assert unclosed["record_id"] == "REC-1" and unclosed["path"] == path
     assert unclosed["quiet_s"] == 3600.5
-    assert ("warning", "record.unclosed", unclosed) in log.events
+    assert ("warning", "record.unclosed", unclosed) in log.lines
     assert writes.since(path) is None  # not warned about again
 
 

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+from said import Said
 from test_daemon import LINUX_ONLY, write_record
 
 from sinagot.engine import Engine
@@ -107,19 +108,6 @@ def test_an_output_edited_by_hand_is_still_planned_and_run_again(ws, sinagotd):
 
 
 # -- the watcher -------------------------------------------------------------------------
-
-
-class Log:
-    """A stand-in for the daemon's structlog logger: what was said, by level."""
-
-    def __init__(self) -> None:
-        self.said: list[tuple[str, str, dict]] = []
-
-    def info(self, event: str, **fields: object) -> None:
-        self.said.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.said.append(("warning", event, fields))
 
 
 def changed_paths(messages: queue.Queue, until: str, timeout: float = 10) -> set[str]:
@@ -214,14 +202,14 @@ def test_a_folder_is_known_to_hold_no_folder_by_its_link_count_on_file_systems_t
 
 
 def test_limits_are_said_once_and_the_sysctl_named_when_watches_run_short():
-    log = Log()
+    log = Said()
     check_limits(40, {"max_user_watches": 8192, "max_queued_events": 16384}, log)
-    assert log.said == [("info", "watch.limits", {
+    assert log.lines == [("info", "watch.limits", {
         "watches": 40, "max_user_watches": 8192, "max_queued_events": 16384, "action": None,
     })]  # fmt: skip
-    log = Log()
+    log = Said()
     check_limits(5000, {"max_user_watches": 8192, "max_queued_events": 16384}, log)
-    level, event, fields = log.said[0]
+    level, event, fields = log.lines[0]
     assert (level, event) == ("warning", "watch.limits")
     assert "sysctl fs.inotify.max_user_watches=32768" in fields["action"]
 

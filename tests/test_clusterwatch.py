@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from said import Said
 
 from sinagot.cluster import ClusterError
 from sinagotd.backlog import Backlog
@@ -108,22 +109,6 @@ def test_a_failed_try_is_one_line_and_a_cluster_error_is_kept_as_it_is():
 # -- ClusterLink: the connection, its outages and the resubmission, with a stand-in client --
 
 
-class Said:
-    """The events said, as (level, event, fields): what a user reads in the journal."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict]] = []
-
-    def info(self, event: str, **fields: object) -> None:
-        self.lines.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.lines.append(("warning", event, fields))
-
-    def events(self) -> list[str]:
-        return [event for _, event, _ in self.lines]
-
-
 @dataclass
 class Client:
     status: str = "running"
@@ -213,7 +198,7 @@ def test_a_refused_try_is_said_with_its_wait_and_the_next_waits_for_it():
     lab = Lab()
     lab.link.lost("client closed")
     assert lab.said.events() == ["cluster.lost"]
-    lab.said.lines.clear()
+    lab.said.calls.clear()
     refused = ClusterError("cannot reach the Dask scheduler tcp://10.0.0.1:8786: refused")
     lab.executor.tries = [refused, Connection()]
     lab.link.check(0.0)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from said import Said
 
 from sinagot.engine import Engine
 from sinagot.layout import Unit
@@ -77,19 +78,6 @@ def test_nothing_is_blamed_when_every_step_ended_or_the_culprit_said_nothing(cha
     done = [result(count, Outcome.DONE), result(mean, Outcome.DONE)]
     assert at_fault(chain, done, recovered=[]) is None
     assert at_fault(chain, [result(mean, Outcome.NOT_RUN, "died")], recovered=[]) is None
-
-
-class Said:
-    """The events said, as (level, event, fields): what a user reads in the journal."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict]] = []
-
-    def info(self, event: str, **fields: object) -> None:
-        self.lines.append(("info", event, fields))
-
-    def error(self, event: str, **fields: object) -> None:
-        self.lines.append(("error", event, fields))
 
 
 def unused(*_args: object, **_kwargs: object) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from said import Said
 
 from sinagot.engine import Engine
 from sinagot.layout import Scope, Unit
@@ -156,19 +157,13 @@ def test_a_request_the_loop_does_not_take_in_time_is_refused_and_can_no_longer_b
 # -- RunDesk: the loop's side, on a real workspace, with the loop's queue and events --------
 
 
-class Said:
-    """The events said, as (level, event, fields); `say` is the loop's, throttled by kind
-    and `keys` (always let through here: tests/test_daemon*.py see the throttle)."""
+class Told(Said):
+    """The events said; `say` is the loop's, throttled by kind and `keys` (always let
+    through here: tests/test_daemon*.py see the throttle)."""
 
     def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict]] = []
+        super().__init__()
         self.keys: list[str] = []
-
-    def info(self, event: str, **fields: object) -> None:
-        self.lines.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.lines.append(("warning", event, fields))
 
     def say(self, event: str, emit: Callable[..., None], key: str = "", **fields: object) -> None:
         self.keys.append(key)
@@ -179,7 +174,7 @@ class Desk:
     """A desk over real books, with a loop that records what it was asked to queue."""
 
     def __init__(self, ws: Engine) -> None:
-        self.said = Said()
+        self.said = Told()
         self.books: Backlog = Backlog()
         self.messages: queue.Queue = queue.Queue()
         self.queued: list[tuple[list, list]] = []
