@@ -197,14 +197,22 @@ class Engine:
             return self._plan(reading, units, force, only, stale_only, problems, ignore_missing)
 
     def iter_plan(
-        self, units: Sequence[Unit], chunk: int = 20_000, *, stale_only: bool = False
+        self,
+        units: Sequence[Unit],
+        chunk: int = 20_000,
+        *,
+        stale_only: bool = False,
+        stopped: Callable[[], bool] | None = None,
     ) -> Iterator[StepPlan]:
         """`plan(units)`, in order, `chunk` units at a time, what is read of the dataset and
         the store read once: a million units' plans (two million StepPlans, ~1.5 GB) are
-        never all in memory at once (the status page's full plan)."""
+        never all in memory at once (the status page's full plan). Ends early, between two
+        chunks, once `stopped()` says so: a daemon stopping does not wait a minute for it."""
         with _gc_paused(self._large(len(units))):
             reading = self._reading(len(units), False)
         for first in range(0, len(units), chunk):
+            if stopped is not None and stopped():
+                return
             part = units[first : first + chunk]
             with _gc_paused(self._large(len(part))):
                 plans = self._plan(reading, part, False, None, stale_only, None, False)

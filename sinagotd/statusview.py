@@ -14,11 +14,10 @@ to be a quarter-second fresh).
 from __future__ import annotations
 
 import collections
-import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -34,33 +33,15 @@ UPDATE_SPACING = 3.0  # and at least this many times the last update took
 #: `FULL_MIN` seconds: a storm of reconciles (watcher overflows) is not a storm of full plans.
 FULL_SPACING, FULL_MIN = 3.0, 5.0
 WINDOW = 300.0  # seconds of finished steps the throughput is measured over
-#: A full plan looks whether the daemon stops every this many plans (a few tenths of a
-#: second); the daemon waits this long at most for the thread to end.
-CHECK_EVERY, JOIN_TIMEOUT = 20_000, 30.0
+#: The daemon waits this long at most for the thread to end at a stop. A thread left
+#: running at exit is killed where it stands, and one inside RE2's matching (C++) then
+#: aborts the whole process ("terminate called without an active exception", exit 134
+#: after a clean `daemon.stopped`): a full plan ends between two chunks at a stop.
+JOIN_TIMEOUT = 30.0
 
 
 class NotReady(Exception):
     """The first board is not planned yet."""
-
-
-class _Stopped(Exception):
-    """The daemon stops: the full plan in progress is dropped."""
-
-
-def _until(stopped: Callable[[], bool], plans: Iterable[Any]) -> Iterator[Any]:
-    """The plans, until `stopped()` says so (asked every CHECK_EVERY plans; raises
-    `_Stopped`). A million units' full plan takes a minute: the daemon's stop ends it
-    within a fraction of a second, and the thread is joined before the process exits. A
-    thread left running at exit is killed where it stands, and one inside RE2's matching
-    (C++) then aborts the whole process ("terminate called without an active exception",
-    exit 134 after a clean `daemon.stopped`)."""
-    found = iter(plans)
-    while not stopped():
-        chunk = list(itertools.islice(found, CHECK_EVERY))
-        if not chunk:
-            return
-        yield from chunk
-    raise _Stopped
 
 
 class StatusKeeper:
@@ -170,8 +151,6 @@ class StatusKeeper:
                     next_update = self.clock() + max(INTERVAL, UPDATE_SPACING * took)
                 if self.board is not None:
                     self.board.throughput = self._throughput()
-            except _Stopped:
-                break
             except Exception as exc:  # the page shows older data; the daemon goes on
                 self._failed(one_line(exc))
                 self._full = True
@@ -196,8 +175,10 @@ class StatusKeeper:
             started = self.clock()
             board = board_for(engine, generation=self.board.generation if self.board else 0)
             # Rows one at a time into the board's compact table: no million Row objects.
-            plans = _until(lambda: self._stop, engine.iter_plan(engine.units(Scope())))
+            plans = engine.iter_plan(engine.units(Scope()), stopped=lambda: self._stop)
             board.replace_all(iter_rows(plans, overlay))
+            if self._stop:  # ended early: a partial board is no board
+                return
             self.board = board
             cost = self.clock() - started
             self._next_full = self.clock() + max(FULL_MIN, FULL_SPACING * cost)

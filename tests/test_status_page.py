@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import socket
@@ -19,8 +18,9 @@ from faults.harness import clean_env
 from test_daemon import IDS, make_count_fail_for, write_record
 
 from sinagot.board import Board, Overlay, Query, Row, natural_key
-from sinagot.layout import Unit
-from sinagotd.statusview import CHECK_EVERY, StatusKeeper, _Stopped, _until
+from sinagot.engine import Engine
+from sinagot.layout import Scope, Unit
+from sinagotd.statusview import StatusKeeper
 
 
 def fetch(url: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, bytes]:
@@ -450,25 +450,20 @@ def test_a_records_detail_reads_only_the_end_of_a_huge_log(tmp_path: Path):
 # -- the keeper's thread and the daemon's stop -------------------------------------------------
 
 
-def test_a_full_plan_in_progress_ends_at_the_daemon_stop():
-    """At a million records a full plan takes a minute: a stop ends it within a chunk of
-    plans, so that the thread is joined before the process exits (one killed inside RE2
+def test_a_full_plan_in_progress_ends_at_the_daemon_stop(harbor):
+    """At a million records a full plan takes a minute: a stop ends it between two chunks,
+    so that the keeper's thread is joined before the process exits (one killed inside RE2
     at exit aborted the daemon after its clean `daemon.stopped`)."""
+    engine = Engine(harbor, verbose=False)
+    units = engine.units(Scope())
+    assert len(units) == 3
     stop = threading.Event()
-    produced: list[int] = []
-
-    def plans():
-        for i in itertools.count():  # endless: only the stop ends it
-            produced.append(i)
-            if i == CHECK_EVERY + CHECK_EVERY // 2:
-                stop.set()
-            yield i
-
-    got: list[int] = []
-    with pytest.raises(_Stopped):
-        got.extend(_until(stop.is_set, plans()))
-    assert got == produced == list(range(2 * CHECK_EVERY))  # the chunk under way, no more
-    assert list(_until(lambda: False, range(5))) == [0, 1, 2, 3, 4]
+    seen = []
+    for plan in engine.iter_plan(units, chunk=1, stopped=stop.is_set):
+        seen.append(plan.unit)
+        stop.set()  # the daemon stops while the first chunk is under way
+    assert seen == [units[0], units[0]]  # that chunk's two steps, no later chunk
+    assert len(list(engine.iter_plan(units, chunk=1, stopped=lambda: False))) == 6
 
 
 def test_the_keeper_builds_its_board_and_its_thread_ends_at_stop(harbor):
