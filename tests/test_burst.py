@@ -57,14 +57,16 @@ def planned(base: str) -> int:
 def drop_and_finish(daemon, ws: Path, ids: list[str]) -> None:
     """Move these records' raw files in at once (written beside the dataset first, so that
     each arrives in one event and no busy machine can split a file's events across two
-    settle times); wait until each one's last step finished."""
+    settle times); wait until each one's last step finished, in whatever order (a busy
+    machine settles them in more than one batch)."""
+    mark = daemon.mark()
     staging = ws / "staging"  # outside the dataset: unwatched
     (staging / "dataset" / "raw").mkdir(parents=True, exist_ok=True)
     for record_id in ids:
         written = write_record(staging, record_id)
         os.replace(written, ws / "dataset" / "raw" / written.name)
     for record_id in ids:
-        daemon.wait_for("step.finished", 120, record_id=record_id, step="mean")
+        daemon.wait_for("step.finished", 120, since=mark, record_id=record_id, step="mean")
 
 
 def test_new_records_are_planned_once_each_not_again_as_their_outputs_land(ws, sinagotd):
