@@ -113,6 +113,10 @@ class Engine:
         self.store = StateStore(self.config.state_dir)
         self.lock = WriterLock(self.config.state_dir)
         self._executor: Executor | None = None
+        #: Receipts (file names) whose result this engine recorded: the store holds them,
+        #: and a receipt holding a result never changes, so planning does not read them
+        #: again. In a daemon's burst every plan read every receipt of the units in flight.
+        self._recorded: set[str] = set()
         self._size = 0  # units last discovered, or entries last listed: "a large share" of what
 
     def __enter__(self) -> Engine:
@@ -370,14 +374,16 @@ class Engine:
     def _pending_receipts(self) -> dict[str, RunRecord]:
         """Results that workers reported but no writer recorded yet (its process died)."""
         out = {}
-        for result in self._read_receipts():
+        for result in self._read_receipts(skip=self._recorded):
             out[run_key(result.unit, result.step)] = RunRecord(
                 result.state, result.inputs, result.code_hash, result.error, result.finished,
                 None, result.input_hashes, result.outputs,
             )  # fmt: skip
         return out
 
-    def _read_receipts(self, on_invalid: OnInvalid | None = None) -> Iterator[StepResult]:
+    def _read_receipts(
+        self, on_invalid: OnInvalid | None = None, skip: Container[str] = ()
+    ) -> Iterator[StepResult]:
         """The results receipts hold. A receipt that is not a result (torn, wrong types, a
         link, not a file) is skipped; with `on_invalid` (the writer), it is also set aside
         under a hidden name and reported once, so that it neither blocks nor repeats."""
@@ -386,7 +392,7 @@ class Engine:
         except OSError:  # none yet, or unreadable: planning goes on without them
             return
         for name in names:
-            if not name.endswith(".json") or name.startswith("."):
+            if not name.endswith(".json") or name.startswith(".") or name in skip:
                 continue
             path = os.path.join(self.receipts, name)
             try:
@@ -467,6 +473,7 @@ class Engine:
             if (rec := known.get(run_key(r.unit, r.step))) is None or rec.finished != r.finished
         ]
         self.store.record(new)
+        self._remember(results)
         self.forget(results)
         return new
 
@@ -476,10 +483,12 @@ class Engine:
 
         for result in results:
             if result.run_id and result.state is not None:
+                name = receipt_name(result.run_id)
+                self._recorded.discard(name)
                 # Left behind (a read-only folder), it is dropped at the next ingest: the
                 # store holds its result by then.
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.receipts, receipt_name(result.run_id)))
+                    os.unlink(os.path.join(self.receipts, name))
 
     def _ingest_if_free(self) -> None:
         """Record pending receipts if no other writer is at work (it would ingest them)."""
@@ -497,6 +506,14 @@ class Engine:
     def record(self, results: Sequence[StepResult]) -> None:
         """Record finished steps in the store (their receipts stay until `forget`)."""
         self.store.record(results)
+        self._remember(results)
+
+    def _remember(self, results: Iterable[StepResult]) -> None:
+        from .runner import receipt_name
+
+        self._recorded.update(
+            receipt_name(r.run_id) for r in results if r.run_id and r.state is not None
+        )
 
     def execute(
         self,

@@ -329,6 +329,7 @@ class Daemon:
             self._next_rescan = now + self.settings.rescan_seconds
             self.reconcile()
         self.cluster.check(now)
+        self._fill()  # what waited for its turn (`flights.REFILL_SPACING`)
         self.monitor.tick(now, self.books.waiting.keys, self.units_settle.keys)
         if self._is_idle() and not self._idle:
             self._idle = True

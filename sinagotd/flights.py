@@ -32,6 +32,11 @@ from .backlog import Backlog
 from .monitor import Monitor
 from .retries import Retries
 
+#: Seconds between two submissions while units are on the cluster. Filling each slot as
+#: its unit lands made a task of one unit at a time in a burst of quick steps, a
+#: millisecond of Dask's overhead each; a twentieth of a second gathers the landings of
+#: that time into a few grouped tasks, and is all a fresh record can wait for its turn.
+REFILL_SPACING = 0.05
 #: The start of the error of a step whose task the cluster lost (scheduler gone).
 LOST = (
     "CancelledError", "FutureCancelledError", "CommClosedError", "ClosedClientError",
@@ -94,17 +99,26 @@ class Flights:
         self.failed_steps = 0  # `--once` exits 1 if any
         self.unrecorded: set[str] = set()  # runs announced whose results the store refused
         self.later: dict[Unit, tuple[bool, str | None]] = {}  # busy unit -> (force, step) asked
+        self._next_fill = 0.0
 
     # -- submitting -------------------------------------------------------------------------
 
     def fill(self) -> bool:
         """Submit what waits, as room on the cluster allows; True if the state store took a
-        submission (it answers again, and there is news). The loop says whether it may."""
+        submission (it answers again, and there is news). The loop says whether it may,
+        and asks again at every pass: while units are on the cluster, at most one
+        submission every `REFILL_SPACING` seconds."""
+        now = self.clock()
+        if not self.books.waiting or (self.books.flights and now < self._next_fill):
+            return False
         room = self.loop.engine().config.dask.max_in_flight - len(self.books.flights)
         # Units of steps never timed go out a few at a time: their first results say how
         # many units a Dask task should hold. The rest wait in the queue, in their order.
         batch = self.books.take(room, self._admit)
-        return bool(batch) and self._submit(batch)
+        if not batch:
+            return False
+        self._next_fill = now + REFILL_SPACING
+        return self._submit(batch)
 
     def _admit(self, batch: Sequence[tuple[Unit, list[StepPlan]]]) -> int:
         return self.loop.executor().admit(
@@ -186,8 +200,14 @@ class Flights:
             self.unrecorded.update(r.run_id for r in results if r.run_id)
         landed = {s.unit: self.books.flights[s.unit] for s, _ in current if s.ended}
         self.monitor.changed(landed)
+        # Those that changed while on the cluster, planned again together: one reading of
+        # the dataset and the store for all (after a reconcile, every flight lands so).
+        again: dict[tuple[bool, str | None], list[Unit]] = {}
         for unit, flight in landed.items():
-            self._landed(unit, flight, recorded)
+            if (asked := self._landed(unit, flight, recorded)) is not None:
+                again.setdefault(asked, []).append(unit)
+        for (force, only), units in again.items():
+            self.loop.replan(units, force=force, only=only)
 
     def record(self, results: list[StepResult]) -> bool:
         """Record results; False if the store refused (their receipts then stay on disk,
@@ -221,13 +241,17 @@ class Flights:
             self.failed_steps += 1
             self.log.error("step.failed", **at, error=result.error, duration_s=duration, **extra)
 
-    def _landed(self, unit: Unit, flight: Flight, recorded: bool = True) -> None:
+    def _landed(
+        self, unit: Unit, flight: Flight, recorded: bool = True
+    ) -> tuple[bool, str | None] | None:
+        """A flight is over: its receipts dropped, a retry or a give-up decided. Returns
+        (force, only step) if the unit is to be planned again (it changed meanwhile)."""
         if flight.lost:  # submitted again, under the same name, once the cluster is back
             self.books.lose(unit, flight.generation)
-            return
+            return None
         changed = self.books.land(unit)
         if not recorded:  # its receipts stay, for the reconcile after the store's retry
-            return
+            return None
         ws = self.loop.engine()
         ws.forget(flight.results)
         if flight.blocked:  # could not run (not the script's fault): retry, waiting longer
@@ -239,8 +263,8 @@ class Flights:
         else:
             self.retries.forget(unit)
         if changed:
-            force, only = self.later.pop(unit, (False, None))
-            self.loop.replan([unit], force=force, only=only)
+            return self.later.pop(unit, (False, None))
+        return None
 
     def _give_up(self, flight: Flight, attempts: int) -> None:
         """Steps that could not run `max_attempts` times in a row are recorded as failed:

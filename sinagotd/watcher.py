@@ -9,10 +9,15 @@
 - Atomic writes (temp file + rename, rsync's `.name.XXXXXX`) arrive as `moved` events whose
   `dest_path` is the real file: the path reported is the destination.
 - A file can stay quiet for longer than any settle time while its writer still holds it
-  open (a copy that pauses between chunks). inotify says when a file written to is closed
-  (`closed`, IN_CLOSE_WRITE): `OpenWrites` keeps the files written and not yet closed, which
-  the daemon does not act on (`sinagotd.arrivals`). The polling observer has no such
-  events: there, size and modification time must hold still instead.
+  open (a copy that pauses between chunks). inotify says when a file opened for writing is
+  closed (`closed`, IN_CLOSE_WRITE): `OpenWrites` keeps the files created and not yet
+  closed, which the daemon does not act on (`sinagotd.arrivals`). The polling observer has
+  no such events: there, size and modification time must hold still instead.
+- inotify is asked for what says a file's content changed, and no more (`MASK`): not for
+  opens nor for the closes of files only read (every step reading its inputs, every listing
+  of a folder: four events, a third of a burst's), nor for each write (IN_MODIFY: a 100 MB
+  recording copied in 128 KB writes is 800 events, the first cause of a queue overflow).
+  A file written in place is news at its close, which is when it is complete.
 - A recursive inotify watch covers every folder below it, and each event on it goes
   through watchdog's threads and then the loop. The library's own folders in the dataset
   (`LOG/`, the record logs, and `.sinagot/`, the workers' receipts) are written at every
@@ -34,6 +39,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +57,7 @@ from sinagot.patterns import TEMP_PREFIX
 
 try:  # watchdog >= 7's inotify internals, for the pruned observer (else a plain one)
     from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+    from watchdog.observers.inotify_c import WATCHDOG_ALL_EVENTS, InotifyConstants
 except ImportError:  # not Linux, or another watchdog
     InotifyEmitter = InotifyObserver = InotifyWatchGroup = None  # type: ignore[assignment,misc]
 
@@ -58,14 +65,11 @@ except ImportError:  # not Linux, or another watchdog
 #: read inputs all the time) are not among them.
 CONTENT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
-#: Files created and not (yet) opened, kept this long at most: a hard link or a file moved
-#: in is created without being opened for writing.
-_CREATED_KEPT = 60.0
-_CREATED_MAX = 4096
 #: Folders directly below a recursively watched folder that are not watched: the record
 #: logs and the receipts the workers write at every step (`sinagot.layout.LOG_FOLDER`,
 #: `Engine.receipts`' parent); the daemon ignores their events anyway.
 UNWATCHED = (b"LOG", b".sinagot")
+_MADE_MAX = 100_000
 LIMITS = Path("/proc/sys/fs/inotify")
 #: A step's outputs under their temporary names (created, written, closed, renamed away):
 #: never data, never a marker; about half of a burst's events. Not even queued.
@@ -85,10 +89,12 @@ class WatchError:
 
 
 class OpenWrites:
-    """Files opened for writing and not closed yet, as inotify reports them: written to
-    (`modified`), or created and opened at once (`open(O_CREAT)`, before the first write),
-    until `closed` (the last writer closed it), `deleted` or moved away. Written by the
-    observer's thread, read by the loop's: every access holds a lock.
+    """Files opened for writing and not closed yet, as inotify reports them: a regular file
+    `created` (by `open(O_CREAT)`: not a hard link, which has other links, nor a link or a
+    folder) until `closed` (its writer closed it: IN_CLOSE_WRITE comes even when nothing was
+    written), `deleted` or moved away. A `modified` event (an attribute: chmod, touch) is
+    no writer. Written by the observer's thread, read by the loop's: every access holds a
+    lock.
 
     Events can be lost (an inotify queue overflow, the observer restarted): `clear` then
     forgets everything, since a writer still at work marks its file again at its next
@@ -97,14 +103,15 @@ class OpenWrites:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._open: dict[str, tuple[float, bool]] = {}  # path -> (since, written to)
-        self._created: dict[str, float] = {}  # path -> when; a file opened now is a writer's
+        self._open: dict[str, float] = {}  # path -> since when
+        #: Files inotify saw made whose `created` event is not dispatched yet. Not cleared
+        #: with the rest: an overflow loses events, not what was read before it.
+        self._made: set[str] = set()
 
     def since(self, path: str) -> float | None:
         """When this file was first written without being closed since, or None."""
         with self._lock:
-            found = self._open.get(path)
-        return None if found is None else found[0]
+            return self._open.get(path)
 
     def forget(self, path: str) -> None:
         with self._lock:
@@ -113,40 +120,52 @@ class OpenWrites:
     def clear(self) -> None:
         with self._lock:
             self._open.clear()
-            self._created.clear()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._open)
 
+    def made(self, path: str) -> None:
+        """inotify saw this file made (IN_CREATE), from watchdog's reader thread: its
+        `created` event, dispatched later, is a writer's. watchdog dispatches `created`
+        too for a file moved in from an unwatched folder (a whole copy, or a step's output
+        renamed into place) and for the files found in a folder made under watch (their
+        writer may have closed them before the folder was watched): none is open."""
+        if os.path.basename(path).startswith("."):
+            return  # never tracked (`_Enqueue._track`): its event would not take it away
+        with self._lock:
+            if len(self._made) >= _MADE_MAX:  # their events were lost: forget them
+                self._made.clear()
+            self._made.add(path)
+
     def event(self, kind: str, path: str, dest: str = "") -> None:
         """One watchdog event on a file (not a folder)."""
         now = self._clock()
+        if kind == "created":
+            with self._lock:
+                if path not in self._made:
+                    return  # moved in whole, or found by a walk
+                self._made.discard(path)
+            if not _created_file(path):
+                return  # a hard link, a symbolic link, or gone already
         with self._lock:
-            if kind == "modified":
-                since = self._open.get(path, (now, True))[0]
-                self._open[path] = (since, True)
-            elif kind == "created":
-                self._remember_created(path, now)
-            elif kind == "opened":
-                if (created := self._created.pop(path, None)) is not None:
-                    self._open.setdefault(path, (created, False))
-            elif kind == "closed_no_write":  # a reader's close; or O_CREAT without writing
-                self._created.pop(path, None)
-                if not self._open.get(path, (0.0, True))[1]:
-                    del self._open[path]
+            if kind == "created":
+                self._open.setdefault(path, now)
             elif kind in ("closed", "deleted", "moved"):
-                self._created.pop(path, None)
                 found = self._open.pop(path, None)
                 if kind == "moved" and dest and found is not None:  # renamed while open
                     self._open[dest] = found
 
-    def _remember_created(self, path: str, now: float) -> None:
-        if len(self._created) >= _CREATED_MAX:
-            self._created = {p: t for p, t in self._created.items() if now - t < _CREATED_KEPT}
-            if len(self._created) >= _CREATED_MAX:
-                self._created.clear()
-        self._created[path] = now
+
+def _created_file(path: str) -> bool:
+    """Is this just-created path a regular file with one link: made by its writer's
+    `open(O_CREAT)`, whose close comes as IN_CLOSE_WRITE (if it came already, its event
+    follows this one)?"""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False  # gone already: its deletion follows
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
 class Overflowed(FileSystemEvent):
@@ -292,6 +311,7 @@ if InotifyWatchGroup is not None and all(
         folder its `keep` has no use for, at start and when folders are created later."""
 
         keep: Keep | None = None
+        made: Callable[[str], None] | None = None  # `OpenWrites.made`
 
         def _add_callback(self, path: bytes) -> None:
             if _pruned(self.path, path, self.keep):
@@ -305,6 +325,10 @@ if InotifyWatchGroup is not None and all(
             queue was scanned for at every rename (most of the daemon's watching CPU)."""
             if event.name.startswith(_TEMP_NAME):
                 return
+            if self.made is not None and event.is_create and not event.is_directory:
+                path = self._build_event_source_path(event)
+                if path is not None:
+                    self.made(os.fsdecode(path))
             super().on_event(event)
 
         @functools.cached_property
@@ -344,39 +368,59 @@ if InotifyWatchGroup is not None and all(
                         self._add_callback(folder)
                         folders.append(folder)
 
+    #: What inotify is asked for: watchdog's all, but opens, read-only closes and writes.
+    MASK = WATCHDOG_ALL_EVENTS & ~(
+        InotifyConstants.IN_OPEN | InotifyConstants.IN_CLOSE_NOWRITE | InotifyConstants.IN_MODIFY
+    )
+
     class _PrunedEmitter(InotifyEmitter):  # type: ignore[misc,valid-type]
-        def __init__(self, *args: Any, keep: Mapping[str, Keep] | None = None, **kwargs: Any):
+        def __init__(
+            self,
+            *args: Any,
+            keep: Mapping[str, Keep] | None = None,
+            made: Callable[[str], None] | None = None,
+            **kwargs: Any,
+        ):
             super().__init__(*args, **kwargs)
             self._keep = (keep or {}).get(self.watch.path)
+            self._made = made
 
         def on_thread_start(self) -> None:
             self._inotify = _PrunedGroup(
                 self._inotify_fd,
                 os.fsencode(self.watch.path),
                 is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
+                event_mask=MASK,
                 follow_symlink=self.watch.follow_symlink,
                 keep=self._keep,
+                made=self._made,
             )
 
     class _PrunedObserver(InotifyObserver):  # type: ignore[misc,valid-type]
         """watchdog's inotify observer, its emitters' recursive watches pruned; `keep`:
-        a watched folder's path -> which folders below it to watch."""
+        a watched folder's path -> which folders below it to watch; `made`: told the
+        files inotify saw made."""
 
-        def __init__(self, keep: Mapping[str, Keep] | None = None) -> None:
+        def __init__(
+            self,
+            keep: Mapping[str, Keep] | None = None,
+            made: Callable[[str], None] | None = None,
+        ) -> None:
             super().__init__()
             self._emitter_class = _PrunedEmitter
-            self._emitter_kwargs = {**self._emitter_kwargs, "keep": keep}
+            self._emitter_kwargs = {**self._emitter_kwargs, "keep": keep, "made": made}
 
 else:  # pragma: no cover - another watchdog: every folder is watched
     _PrunedObserver = None  # type: ignore[assignment,misc]
 
 
-def _inotify_observer(keep: Mapping[str, Keep] | None = None) -> BaseObserver:
+def _inotify_observer(
+    keep: Mapping[str, Keep] | None = None, made: Callable[[str], None] | None = None
+) -> BaseObserver:
     """The pruned observer where this watchdog allows it, else watchdog's own."""
     if _PrunedObserver is not None:
         try:
-            return _PrunedObserver(keep)
+            return _PrunedObserver(keep, made)
         except (AttributeError, TypeError):  # internals moved: watch everything instead
             pass
     return Observer()
@@ -478,7 +522,7 @@ class Watcher:
         if self._kind == "polling":
             observer: BaseObserver = PollingObserver(timeout=self._polling)
         else:
-            observer = _inotify_observer(self._keep)
+            observer = _inotify_observer(self._keep, self.writes.made)
         self.writes.clear()  # what was open before a restart is unknown: events were missed
         closes = is_inotify(observer)  # only inotify reports closes
         handler = _Enqueue(self._messages, self.writes if closes else None)

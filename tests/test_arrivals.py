@@ -278,8 +278,8 @@ def test_a_file_open_for_writing_holds_its_unit_however_long_it_stays_quiet(tmp_
     Path(path).write_text("half")
     clock = Clock()
     writes = OpenWrites(clock)
-    for kind in ("created", "opened", "modified"):
-        writes.event(kind, path)
+    writes.made(path)  # inotify's IN_CREATE, then watchdog's `created`
+    writes.event("created", path)
     settle, log = arrivals(writes=writes)
     unit = Unit("REC-1", None, None)
     settle.changed(path, [unit], 0.0)
@@ -297,7 +297,8 @@ def test_a_file_open_and_quiet_for_an_hour_is_acted_on_with_a_warning(tmp_path) 
     path = str(tmp_path / "REC-1.csv")
     Path(path).write_text("all that came")
     writes = OpenWrites()
-    writes.event("modified", path)  # its writer hung, or the close event was lost
+    writes.made(path)
+    writes.event("created", path)  # its writer hung, or the close event was lost
     settle, log = arrivals(writes=writes)
     unit = Unit("REC-1", None, None)
     settle.changed(path, [unit], 0.0)
@@ -444,18 +445,63 @@ def test_the_watcher_knows_a_file_open_for_writing_until_it_is_closed(tmp_path) 
         watcher.stop()
 
 
+def test_links_attributes_and_files_found_in_a_new_folder_are_not_taken_for_writers(tmp_path):
+    """inotify is not asked for opens, reads nor writes (most of a burst's events): a file
+    created is taken as its writer's until its close. Not a hard link (created, never
+    closed here), a changed attribute (chmod, touch), nor a file found in a folder made
+    under watch, whose close may have come before the folder was watched: each would hold
+    its record as arriving for an hour."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    empty = tmp_path / "empty.csv"
+    empty.touch()
+    existing = folder / "REC-5.csv"
+    existing.write_text("recorded yesterday")
+    watcher = Watcher(queue.Queue(), [(folder, True)], "inotify")
+    watcher.start()
+    try:
+        writes = watcher.writes
+        existing.chmod(0o640)
+        os.utime(existing)
+        os.link(empty, folder / "REC-1.csv")
+        os.symlink(empty, folder / "REC-2.csv")
+        for day in range(20):  # made and filled at once: the walk of each finds its file
+            (folder / f"day-{day}").mkdir()
+            (folder / f"day-{day}" / "REC-3.done").touch()
+        with (folder / "REC-4.csv").open("w"):  # a barrier: everything before is seen
+            poll(lambda: writes.since(str(folder / "REC-4.csv")), 10, "the barrier seen open")
+            assert len(writes) == 1
+        poll(lambda: not len(writes), 10, "every file closed")
+    finally:
+        watcher.stop()
+
+    writes = OpenWrites()  # the same rule, without the race: a walk's file, a writer's
+    lone = tmp_path / "lone.csv"
+    lone.touch()
+    writes.event("created", str(lone))  # found by a walk, or moved in: no IN_CREATE seen
+    assert writes.since(str(lone)) is None
+    writes.made(str(lone))
+    writes.event("created", str(lone))
+    assert writes.since(str(lone)) is not None
+    writes.event("closed", str(lone))
+    assert not len(writes)
+
+
 def test_a_write_dispatched_after_an_overflow_does_not_hold_its_file_for_good(tmp_path):
     """The open and the write of a file, read by watchdog before an inotify overflow and
     dispatched after it, while its close was among the events lost: the overflow's marker,
     dispatched after them, forgets them (before, the record stayed 'arriving' for good)."""
-    from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileOpenedEvent
+    from watchdog.events import FileCreatedEvent, FileModifiedEvent
 
     from sinagotd.watcher import Overflowed, _Enqueue
 
     writes = OpenWrites()
     handler = _Enqueue(queue.Queue(), writes)
+    (tmp_path / "raw").mkdir()
     path = str(tmp_path / "raw" / "REC-1-raw.csv")
-    for event in (FileCreatedEvent(path), FileOpenedEvent(path), FileModifiedEvent(path)):
+    Path(path).write_text("the first chunk")
+    writes.made(path)
+    for event in (FileCreatedEvent(path), FileModifiedEvent(path)):
         handler.dispatch(event)
     assert writes.since(path) is not None  # held: open for writing, no close seen
     handler.dispatch(Overflowed(""))
