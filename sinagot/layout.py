@@ -70,6 +70,8 @@ class Unit(NamedTuple):
     @property
     def key(self) -> str:
         """A readable, unique name: 'REC-1', 'REC-1-RS-EEG'."""
+        if not self.task and not self.modality:  # most workspaces: asked for at every job
+            return self.record_id
         return "-".join(p for p in (self.record_id, self.task, self.modality) if p)
 
 

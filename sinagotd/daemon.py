@@ -18,7 +18,7 @@ from sinagot import __version__
 from sinagot.cluster import ClusterError, connect, resolve_address
 from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
-from sinagot.execute import DaskExecutor, newest_input
+from sinagot.execute import GATHER_WINDOW, DaskExecutor, newest_input
 from sinagot.layout import Scope, Unit
 from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
@@ -248,16 +248,25 @@ class Daemon:
         except queue.Empty:
             message = None
         ended: list[StepEnded] = []
+        until = 0.0  # tasks ending this soon after the first are landed with it
         try:
             while message is not None:
                 if isinstance(message, StepEnded):
+                    if not ended:
+                        until = time.monotonic() + GATHER_WINDOW
                     ended.append(message)
                 else:
                     self._handle(message)
                 try:
                     message = self.messages.get_nowait()
                 except queue.Empty:
+                    # One round trip to the scheduler fetches the results of every task
+                    # ended meanwhile, not one per task (as `sinagot run` does).
+                    left = until - time.monotonic() if ended else 0.0
                     message = None
+                    if left > 0:
+                        with contextlib.suppress(queue.Empty):
+                            message = self.messages.get(timeout=left)
         finally:  # taken off the queue: whatever else fails, these flights land
             if ended:
                 self._ended(ended)
@@ -329,7 +338,7 @@ class Daemon:
             self._next_rescan = now + self.settings.rescan_seconds
             self.reconcile()
         self.cluster.check(now)
-        self._fill()  # what waited for its turn (`flights.REFILL_SPACING`)
+        self._fill()  # what waited for its turn (`flights.REFILL_WAIT`)
         self.monitor.tick(now, self.books.waiting.keys, self.units_settle.keys)
         if self._is_idle() and not self._idle:
             self._idle = True

@@ -32,11 +32,12 @@ from .backlog import Backlog
 from .monitor import Monitor
 from .retries import Retries
 
-#: Seconds between two submissions while units are on the cluster. Filling each slot as
-#: its unit lands made a task of one unit at a time in a burst of quick steps, a
-#: millisecond of Dask's overhead each; a twentieth of a second gathers the landings of
-#: that time into a few grouped tasks, and is all a fresh record can wait for its turn.
-REFILL_SPACING = 0.05
+#: While units are on the cluster, what waits is submitted once half the room is free,
+#: or this many seconds after the last submission. Filling each slot as its unit landed
+#: made a task of one unit at a time in a burst of quick steps (a millisecond of Dask's
+#: overhead each, for the scheduler in this process); by halves, as `sinagot run` does,
+#: the units of a submission fill a few tasks. A fresh record waits this long at most.
+REFILL_WAIT = 0.2
 #: The start of the error of a step whose task the cluster lost (scheduler gone).
 LOST = (
     "CancelledError", "FutureCancelledError", "CommClosedError", "ClosedClientError",
@@ -99,25 +100,27 @@ class Flights:
         self.failed_steps = 0  # `--once` exits 1 if any
         self.unrecorded: set[str] = set()  # runs announced whose results the store refused
         self.later: dict[Unit, tuple[bool, str | None]] = {}  # busy unit -> (force, step) asked
-        self._next_fill = 0.0
+        self._last_fill = float("-inf")
 
     # -- submitting -------------------------------------------------------------------------
 
     def fill(self) -> bool:
         """Submit what waits, as room on the cluster allows; True if the state store took a
         submission (it answers again, and there is news). The loop says whether it may,
-        and asks again at every pass: while units are on the cluster, at most one
-        submission every `REFILL_SPACING` seconds."""
-        now = self.clock()
-        if not self.books.waiting or (self.books.flights and now < self._next_fill):
+        and asks again at every pass (see `REFILL_WAIT`)."""
+        if not self.books.waiting:
             return False
-        room = self.loop.engine().config.dask.max_in_flight - len(self.books.flights)
+        now = self.clock()
+        most = self.loop.engine().config.dask.max_in_flight
+        room = most - len(self.books.flights)
+        if self.books.flights and room < most // 2 and now < self._last_fill + REFILL_WAIT:
+            return False
         # Units of steps never timed go out a few at a time: their first results say how
         # many units a Dask task should hold. The rest wait in the queue, in their order.
         batch = self.books.take(room, self._admit)
         if not batch:
             return False
-        self._next_fill = now + REFILL_SPACING
+        self._last_fill = now
         return self._submit(batch)
 
     def _admit(self, batch: Sequence[tuple[Unit, list[StepPlan]]]) -> int:

@@ -48,7 +48,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, EventEmitter
 from watchdog.observers.polling import PollingObserver
@@ -64,6 +75,13 @@ except ImportError:  # not Linux, or another watchdog
 #: Events that can mean "this file's content changed"; opens and reads (our own steps
 #: read inputs all the time) are not among them.
 CONTENT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
+#: What the observers queue for dispatch. Not a folder's `modified`, which watchdog adds
+#: after each event on a file in it (the file's own event says more): it was half of what
+#: reached the daemon's loop.
+DISPATCHED = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+]  # fmt: skip
 WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 #: Folders directly below a recursively watched folder that are not watched: the record
 #: logs and the receipts the workers write at every step (`sinagot.layout.LOG_FOLDER`,
@@ -527,7 +545,7 @@ class Watcher:
         closes = is_inotify(observer)  # only inotify reports closes
         handler = _Enqueue(self._messages, self.writes if closes else None)
         for folder, recursive in self._folders:
-            observer.schedule(handler, str(folder), recursive=recursive)
+            observer.schedule(handler, str(folder), recursive=recursive, event_filter=DISPATCHED)
         self._errors.emitters = tuple(observer.emitters)
         observer.start()
         first = self._observer is None and not self._started
