@@ -115,8 +115,9 @@ class OpenWrites:
     lock.
 
     Events can be lost (an inotify queue overflow, the observer restarted): `clear` then
-    forgets everything, since a writer still at work marks its file again at its next
-    write, whereas a close that was lost would hold the file for good."""
+    forgets every open file, since a close that was lost would hold its file for good. A
+    file still being written is then held as the polling observer holds it: until its size
+    and modification time hold still for the settle time (`sinagotd.arrivals`)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
