@@ -114,11 +114,17 @@ class LocalExecutor:
 
 def newest_input(chain: Chain) -> int:
     """The newest mtime (s) among a chain's first inputs: fresh recordings go first."""
-    newest = 0
-    for rel in chain[0].inputs:
+    return int(max((mtime for _, mtime in input_times(chain[0])), default=0))
+
+
+def input_times(job: StepJob) -> list[tuple[str, float]]:
+    """(path, mtime) of each of a job's inputs that can be read."""
+    found = []
+    for rel in job.inputs:
+        path = f"{job.dataset}/{rel}"
         with contextlib.suppress(OSError):
-            newest = max(newest, int(os.stat(f"{chain[0].dataset}/{rel}").st_mtime))
-    return newest
+            found.append((path, os.stat(path).st_mtime))
+    return found
 
 
 def chain_token(chain: Chain, generation: str) -> str:

@@ -18,7 +18,7 @@ from sinagot import __version__
 from sinagot.cluster import ClusterError, connect, resolve_address
 from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
-from sinagot.execute import GATHER_WINDOW, DaskExecutor, newest_input
+from sinagot.execute import GATHER_WINDOW, DaskExecutor, input_times
 from sinagot.layout import Scope, Unit
 from sinagot.patterns import PathProblem
 from sinagot.planner import StepPlan
@@ -370,7 +370,8 @@ class Daemon:
         units = self.ws.units(Scope(), problems=problems)
         # A unit whose files are still arriving is planned when they settle, not before.
         free = [u for u in self.books.split(units) if u not in self.units_settle]
-        stale = self._queue(self.ws.plan(free, stale_only=True, problems=problems))
+        plans = self.ws.plan(free, stale_only=True, problems=problems)
+        stale = self._queue(plans, young_settle=True)
         self._path_problems(problems, everything=True)
         self.monitor.changed_everything()
         self._fill()
@@ -400,8 +401,15 @@ class Daemon:
             self._path_problems(problems)
             self._fill()
 
-    def _queue(self, plans: list[StepPlan], replanned: Sequence[Unit] = ()) -> int:
-        """Queue units with stale steps, newest input first; drop those now up to date."""
+    def _queue(
+        self, plans: list[StepPlan], replanned: Sequence[Unit] = (), *, young_settle: bool = False
+    ) -> int:
+        """Queue units with stale steps, newest input first; drop those now up to date.
+
+        `young_settle`, for a reconcile (what no event said: files copied in while the
+        daemon was down, or during an inotify overflow): a unit whose inputs changed within
+        the settle time settles first, as if their events had come, rather than run on a
+        file still being written (a file written in place makes no event until its close)."""
         for unit in replanned:
             self.books.drop(unit)
             self.retries.cancel(unit)
@@ -409,10 +417,18 @@ class Daemon:
         by_unit: dict[Unit, list[StepPlan]] = {}
         for plan in plans:
             by_unit.setdefault(plan.unit, []).append(plan)
+        recent = time.time() - self.settings.settle_seconds if young_settle else None
+        now = self.clock()
         for unit, unit_plans in by_unit.items():
-            waiting = unit in self.books.waiting  # keeps its place: no need to look again
-            priority = 0 if waiting else newest_input([self.ws.job(unit_plans[0])])
-            self.books.queue(unit, unit_plans, priority)
+            if unit in self.books.waiting:  # keeps its place: no need to look again
+                self.books.queue(unit, unit_plans, 0)
+                continue
+            times = input_times(self.ws.job(unit_plans[0]))
+            if recent is not None and (young := [p for p, t in times if t >= recent]):
+                for path in young:
+                    self.units_settle.changed(path, [unit], now)
+                continue
+            self.books.queue(unit, unit_plans, int(max((t for _, t in times), default=0)))
         return len(by_unit)
 
     def _fill(self) -> None:

@@ -123,6 +123,27 @@ def test_a_copy_pausing_longer_than_the_settle_time_runs_once_complete(ws, sinag
     assert not (ws / "dataset" / ".sinagot" / ARRIVING_FILE).exists()
 
 
+def test_a_file_written_just_before_the_daemon_starts_settles_before_it_runs(ws, sinagotd):
+    """A reconcile (the start, a rescan, the one after an inotify overflow) finds what no
+    event said. A file changed within the settle time may still be being written (a copy
+    in place makes no event until its close): its record settles first, as if its events
+    had come, instead of running at once on what may be half a recording."""
+    settle = 6.0  # longer than the daemon takes to start, even on a busy machine
+    path = write_record(ws, NEW)
+    written = path.stat().st_mtime
+    daemon = sinagotd(ws, settle=settle)
+    ready = daemon.wait_for("daemon.ready", 60)
+    assert time.time() - written < settle, "the daemon took longer than the settle time"
+    arriving = daemon.wait_for("record.arriving", 30, since=0, record_id=NEW)
+    assert arriving["files"] == 1
+    first = daemon.wait_for("step.submitted", 60, since=0, record_id=NEW, step="count")
+    assert _utc(first["timestamp"]) - _utc(ready["timestamp"]) >= timedelta(seconds=settle - 1)
+    daemon.wait_for("step.finished", 60, since=0, record_id=NEW, step="mean")
+    daemon.wait_for("daemon.idle", 60)
+    assert len(daemon.seen("step.submitted", record_id=NEW, step="count")) == 1
+    assert counted_boats(ws, NEW) == 4
+
+
 def test_ready_when_holds_a_record_until_its_marker_lands_then_it_runs_once(ws, sinagotd):
     add_ready_when(ws, "raw/.{id}.done")  # hidden: a marker is no data
     for record_id in ("REC-20200601", "REC-20200602", "REC-20200603"):
