@@ -186,10 +186,12 @@ class Engine:
         stale_only: bool = False,
         problems: list[PathProblem] | None = None,
         ignore_missing: bool = False,
+        waiting: dict[str, str] | None = None,
     ) -> list[StepPlan]:
         """Plan these units: every step of each (or only those that run, with `stale_only`),
         with its status and reasons. Reads only. Paths found unreadable (their steps are
-        ERROR) are also added to `problems`, if given. With `ignore_missing` (sinagot
+        ERROR) are also added to `problems`, if given, and the records held by their
+        `[records] ready_when` marker to `waiting` (id -> why). With `ignore_missing` (sinagot
         0.3's run option), a step whose inputs are missing and that no earlier step makes
         runs anyway: its script decides (see `planner`).
 
@@ -198,7 +200,9 @@ class Engine:
         """
         with _gc_paused(self._large(len(units))):
             reading = self._reading(len(units), force)
-            return self._plan(reading, units, force, only, stale_only, problems, ignore_missing)
+            return self._plan(
+                reading, units, force, only, stale_only, problems, ignore_missing, waiting
+            )
 
     def iter_plan(
         self,
@@ -252,6 +256,7 @@ class Engine:
         stale_only: bool,
         problems: list[PathProblem] | None,
         ignore_missing: bool,
+        waiting: dict[str, str] | None = None,
     ) -> list[StepPlan]:
         dataset, listing, settled = reading.dataset, reading.listing, reading.settled
         lookup: Lookup = listing if listing is not None else DirectStat(dataset)
@@ -274,6 +279,8 @@ class Engine:
             runs.update(reading.receipts)
             lookup = DirectStat(dataset)
         not_ready = self._not_ready({unit.record_id for _, unit in pending}, lookup)
+        if waiting is not None and not_ready:
+            waiting.update(not_ready)
         ctx = PlanContext(
             lookup=lookup,
             runs=runs,

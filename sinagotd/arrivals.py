@@ -98,6 +98,8 @@ class Arrivals(Settler[Unit]):
         self._fingerprints: dict[str, Fingerprint] = {}  # at the last event's pass
         self._holders: dict[str, int] = {}  # path -> how many arriving units hold it
         self._to_fingerprint: set[str] = set()
+        #: Records said `record.waiting` (id -> why), so that a reconcile says only others.
+        self.waiting: dict[str, str] = {}
         self._changed = True  # arriving.json: rewrite (or remove) at the next chance
         self._outputs: tuple[Layout, list[Matcher]] | None = None
         self._next_write = 0.0
@@ -243,7 +245,17 @@ class Arrivals(Settler[Unit]):
         del self._records[unit.record_id]
         self._changed = True
         if (why := self._waits_for(unit.record_id)) is not None:
+            self.waiting[unit.record_id] = why
             self.log.info("record.waiting", record_id=unit.record_id, reason=why)
+
+    def found_waiting(self, waiting: dict[str, str]) -> None:
+        """What a reconcile found held by its `ready_when` marker (id -> why), at the start
+        or after events were lost: one `record.waiting` for each not said already (nor
+        arriving); those no longer held are forgotten, to be said again should they be."""
+        for record_id, why in waiting.items():
+            if self.waiting.get(record_id) != why and record_id not in self._records:
+                self.log.info("record.waiting", record_id=record_id, reason=why)
+        self.waiting = dict(waiting)
 
     def _ready_at(self, record: _Record, now: float) -> float:
         """When the record is expected to be complete (wall clock): its latest event plus

@@ -370,9 +370,11 @@ class Daemon:
         units = self.ws.units(Scope(), problems=problems)
         # A unit whose files are still arriving is planned when they settle, not before.
         free = [u for u in self.books.split(units) if u not in self.units_settle]
-        plans = self.ws.plan(free, stale_only=True, problems=problems)
+        waiting: dict[str, str] = {}  # records held by their `ready_when` marker
+        plans = self.ws.plan(free, stale_only=True, problems=problems, waiting=waiting)
         stale = self._queue(plans, young_settle=True)
         self._path_problems(problems, everything=True)
+        self.units_settle.found_waiting(waiting)
         self.monitor.changed_everything()
         self._fill()
         return len(units), stale

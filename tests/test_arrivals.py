@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -142,6 +143,28 @@ def test_a_file_written_just_before_the_daemon_starts_settles_before_it_runs(ws,
     daemon.wait_for("daemon.idle", 60)
     assert len(daemon.seen("step.submitted", record_id=NEW, step="count")) == 1
     assert counted_boats(ws, NEW) == 4
+
+
+def test_records_waiting_for_their_marker_at_the_start_are_said_once(ws, sinagotd):
+    """A record already there without its `ready_when` marker when the daemon starts is
+    said waiting by the first scan (before, only one whose files settled while the daemon
+    ran was), and once: not again at each reconcile."""
+    add_ready_when(ws, "raw/.{id}.done")
+    (ws / "dataset" / "raw" / ".REC-20200601.done").touch()
+    daemon = sinagotd(ws)
+    daemon.wait_for("daemon.idle")
+    said = {e["record_id"]: e["reason"] for e in daemon.seen("record.waiting")}
+    assert said == {
+        rid: f"waiting for marker raw/.{rid}.done" for rid in ("REC-20200602", "REC-20200603")
+    }
+    assert {e["record_id"] for e in daemon.seen("step.finished")} == {"REC-20200601"}
+
+    mark = daemon.mark()
+    os.kill(daemon.pid, signal.SIGHUP)  # a reload: a reconcile of everything
+    daemon.wait_for("config.reloaded", since=mark)
+    (ws / "dataset" / "raw" / ".REC-20200602.done").touch()  # after it, in the loop's order
+    daemon.wait_for("step.finished", 60, since=mark, record_id="REC-20200602", step="mean")
+    assert not daemon.seen("record.waiting", since=mark)
 
 
 def test_ready_when_holds_a_record_until_its_marker_lands_then_it_runs_once(ws, sinagotd):
