@@ -63,6 +63,14 @@ class _Reading:
         return self._all
 
 
+def _receipt_names(results: Iterable[StepResult]) -> Iterator[str]:
+    """The receipts that hold these results: those of runs that ended (a run that never
+    began leaves none)."""
+    from .runner import receipt_name
+
+    return (receipt_name(r.run_id) for r in results if r.run_id and r.state is not None)
+
+
 @contextlib.contextmanager
 def _gc_paused(large: bool) -> Iterator[None]:
     """Planning many units allocates millions of small containers (units, plans, lists)
@@ -480,22 +488,17 @@ class Engine:
             if (rec := known.get(run_key(r.unit, r.step))) is None or rec.finished != r.finished
         ]
         self.store.record(new)
-        self._remember(results)
         self.forget(results)
         return new
 
     def forget(self, results: Iterable[StepResult]) -> None:
         """Drop the receipts of recorded runs whose whole unit has landed."""
-        from .runner import receipt_name
-
-        for result in results:
-            if result.run_id and result.state is not None:
-                name = receipt_name(result.run_id)
-                self._recorded.discard(name)
-                # Left behind (a read-only folder), it is dropped at the next ingest: the
-                # store holds its result by then.
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.receipts, name))
+        for name in _receipt_names(results):
+            self._recorded.discard(name)
+            # Left behind (a read-only folder), it is dropped at the next ingest: the store
+            # holds its result by then.
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.receipts, name))
 
     def _ingest_if_free(self) -> None:
         """Record pending receipts if no other writer is at work (it would ingest them)."""
@@ -513,14 +516,7 @@ class Engine:
     def record(self, results: Sequence[StepResult]) -> None:
         """Record finished steps in the store (their receipts stay until `forget`)."""
         self.store.record(results)
-        self._remember(results)
-
-    def _remember(self, results: Iterable[StepResult]) -> None:
-        from .runner import receipt_name
-
-        self._recorded.update(
-            receipt_name(r.run_id) for r in results if r.run_id and r.state is not None
-        )
+        self._recorded.update(_receipt_names(results))
 
     def execute(
         self,

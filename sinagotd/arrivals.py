@@ -245,17 +245,22 @@ class Arrivals(Settler[Unit]):
         del self._records[unit.record_id]
         self._changed = True
         if (why := self._waits_for(unit.record_id)) is not None:
-            self.waiting[unit.record_id] = why
-            self.log.info("record.waiting", record_id=unit.record_id, reason=why)
+            self._say_waiting(unit.record_id, why)
 
     def found_waiting(self, waiting: dict[str, str]) -> None:
         """What a reconcile found held by its `ready_when` marker (id -> why), at the start
         or after events were lost: one `record.waiting` for each not said already (nor
         arriving); those no longer held are forgotten, to be said again should they be."""
+        said, self.waiting = self.waiting, {}
         for record_id, why in waiting.items():
-            if self.waiting.get(record_id) != why and record_id not in self._records:
-                self.log.info("record.waiting", record_id=record_id, reason=why)
-        self.waiting = dict(waiting)
+            if said.get(record_id) == why or record_id in self._records:
+                self.waiting[record_id] = why
+            else:
+                self._say_waiting(record_id, why)
+
+    def _say_waiting(self, record_id: str, why: str) -> None:
+        self.waiting[record_id] = why
+        self.log.info("record.waiting", record_id=record_id, reason=why)
 
     def _ready_at(self, record: _Record, now: float) -> float:
         """When the record is expected to be complete (wall clock): its latest event plus

@@ -81,11 +81,7 @@ class StatusKeeper:
         return self._thread.is_alive()
 
     def touch(self, units: Iterable[Unit]) -> None:
-        with self._lock:
-            first = not self._pending
-            self._pending.update(units)
-        if first:
-            self._wake_up()
+        self._pend(units)
 
     def refresh_all(self) -> None:
         self._full = True
@@ -100,17 +96,18 @@ class StatusKeeper:
     def set_overlay(self, overlay: Overlay) -> None:
         with self._lock:
             old, self._overlay = self._overlay, overlay
-            changed = (old.queued ^ overlay.queued) | (old.arriving ^ overlay.arriving)
-            first = not self._pending
-            self._pending.update(changed)
-        if changed and first:
-            self._wake_up()
+        self._pend((old.queued ^ overlay.queued) | (old.arriving ^ overlay.arriving))
 
-    def _wake_up(self) -> None:
-        """Only for the first unit pending since the last update: the thread then sleeps
-        until that update is due (a burst touches units thousands of times a second; each
-        wake was a pass of the thread for nothing, and each `set` a lock and a notify)."""
-        if not self._wake.is_set():
+    def _pend(self, units: Iterable[Unit]) -> None:
+        """To plan at the next update. Only the first unit pending since the last update
+        wakes the thread, which then sleeps until that update is due (a burst touches units
+        thousands of times a second; each wake was a pass of the thread for nothing, and
+        each `set` a lock and a notify)."""
+        with self._lock:
+            first = not self._pending
+            self._pending.update(units)
+            woken = first and bool(self._pending)
+        if woken and not self._wake.is_set():
             self._wake.set()
 
     def finished(self, steps: int = 1) -> None:

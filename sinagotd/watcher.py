@@ -110,9 +110,10 @@ class OpenWrites:
     """Files opened for writing and not closed yet, as inotify reports them: a regular file
     `created` (by `open(O_CREAT)`: not a hard link, which has other links, nor a link or a
     folder) until `closed` (its writer closed it: IN_CLOSE_WRITE comes even when nothing was
-    written), `deleted` or moved away. A `modified` event (an attribute: chmod, touch) is
-    no writer. Written by the observer's thread, read by the loop's: every access holds a
-    lock.
+    written), `deleted` or moved away. Nothing else marks a file open: not a changed
+    attribute (chmod, utime: not even dispatched), nor a write, which inotify is not asked
+    for here (`MASK`) and which only watchdog's plain observer, the fallback, reports.
+    Written by the observer's thread, read by the loop's: every access holds a lock.
 
     Events can be lost (an inotify queue overflow, the observer restarted): `clear` then
     forgets every open file, since a close that was lost would hold its file for good. A
