@@ -42,6 +42,8 @@ from .scripts import PATTERN_NAMES, read_patterns
 #: The dataset's folder of per-record logs (`<dataset>/LOG/<id>.log`, see `recordlog`),
 #: where sinagot 0.3 put them.
 LOG_FOLDER = "LOG"
+#: A unit key: (task, modality), either None where the config has none.
+Key = tuple[str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +430,30 @@ class Layout:
                         out.append((pattern.compile(self.config.id_regex, tasks), key))
         return out
 
+    @cached_property
+    def _other_inputs(self) -> dict[Key, list[tuple[Matcher, Key]]]:
+        """Each unit key -> the input patterns of the other keys, compiled for their key."""
+        inputs: list[tuple[Matcher, Key]] = []
+        for key, steps in self._units.items():
+            tasks = None if key[0] is None else (key[0],)
+            patterns = {p: None for step in steps for p in step.inputs.patterns if "id" in p.fields}
+            inputs.extend((p.compile(self.config.id_regex, tasks), key) for p in patterns)
+        return {key: [(m, k) for m, k in inputs if k != key] for key in self._units}
+
+    def read_elsewhere(self, writer: Key) -> bool:
+        """May a step of another unit key read what this key's steps write?"""
+        return bool(self._other_inputs.get(writer))
+
+    def readers(self, relative: str, writer: Key) -> list[Unit]:
+        """The units of other keys whose steps read this output of a `writer` unit (a
+        modality's summary read by a task's report). sinagotd tells them when the run that
+        wrote it is recorded; with a single unit key there are none, and nothing is matched."""
+        units: dict[Unit, None] = {}
+        for matcher, (task, mod) in self._other_inputs.get(writer, ()):
+            if (m := matcher.match(relative)) is not None:
+                units[Unit(m.record_id, task, mod)] = None
+        return list(units)
+
     def units_for_path(self, relative: str) -> list[Unit]:
         """The units a dataset-relative path belongs to (the daemon's reverse mapping)."""
         units: dict[Unit, None] = {}
@@ -439,7 +465,7 @@ class Layout:
 
 # -- checks ---------------------------------------------------------------------------------
 
-Writer = tuple[tuple[str | None, str | None], StepSpec, str, PathPattern]
+Writer = tuple[Key, StepSpec, str, PathPattern]
 
 
 def _where(attribute: str, label: str) -> str:

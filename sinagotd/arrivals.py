@@ -135,16 +135,34 @@ class Arrivals(Settler[Unit]):
         self, route: Route, path: str, flights: Mapping[Unit, Any], store: StateStore, now: float
     ) -> bool:
         """A dataset path changed (`route`: what it concerns): settle those units. An
-        output that the daemon's own run wrote is no news for the unit that wrote it
-        (`OwnOutputs`; a reader in another unit still gets a plan). True if any unit is
-        concerned: a sidecar no step reads is no work (no `daemon.idle` per event)."""
+        output that the daemon's own run wrote is no news (`OwnOutputs`): not for the unit
+        that wrote it, nor for a reader in another unit, told when the run was recorded.
+        True if any unit is concerned: a sidecar no step reads is no work (no
+        `daemon.idle` per event)."""
         units, owner = route.units, route.owner
         flight = flights.get(owner) if owner is not None else None
         results = flight.results if flight is not None else None  # None: not in flight
         if owner is not None and self.own.expected(owner, route.relative, path, results, store):
-            units = tuple(u for u in units if u != owner)
+            return False  # its readers are told as its run is recorded (`recorded`)
         self.changed(path, units, now, owner is not None)
         return bool(units)
+
+    def recorded(self, engine: Engine, results: Iterable[StepResult], now: float) -> bool:
+        """Results the store took: the units of other keys that read the outputs these runs
+        wrote settle, as for any changed file. The loop hears nothing of a step's outputs
+        renamed into place (`watcher`): this is how their readers learn of them. True if
+        any unit was told."""
+        layout, told = engine.layout, False
+        for result in results:
+            key = (result.unit.task, result.unit.modality)
+            if not (result.ok and result.outputs and layout.read_elsewhere(key)):
+                continue
+            for relative in decode_fingerprints(result.outputs):
+                if readers := layout.readers(relative, key):
+                    path = os.path.join(engine.config.dataset, relative)
+                    self.changed(path, readers, now, output=True)
+                    told = True
+        return told
 
     def settle(self, now: float, in_flight: Container[Unit], store: StateStore) -> list[Unit]:
         """Once a pass, after its events: the units whose files settled (`tick`, `due`).

@@ -88,7 +88,7 @@ class Daemon:
             engine=lambda: self.ws, executor=lambda: self.executor,
             client_running=self.cluster.running,
             retry_seconds=lambda: self.settings.retry_seconds, put=self.messages.put,
-            replan=self.replan, ingest=self._ingest,
+            replan=self.replan, ingest=self._ingest, recorded=self._recorded,
             store_failed=self._store_failed, cluster_lost=self.cluster.lost,
         )  # fmt: skip
         self.flights = Flights(self.books, self.retries, self.monitor, self.log, self.clock, loop)
@@ -111,6 +111,11 @@ class Daemon:
         self.ws.lock.acquire("sinagotd")
         self.ws.store.prepare()
         self.ws.layout.remember_patterns()
+        self.units_settle = Arrivals(
+            self.settings.settle_seconds, self.log, self.ws.config.state_dir,
+            writes=lambda: self.watcher.writes if self.watcher is not None else None,
+            waits_for=lambda record_id: self.ws.waits_for(record_id),
+        )  # fmt: skip
         self._ingest()
         self.executor = self._executor(self.ws)
         try:
@@ -139,11 +144,6 @@ class Daemon:
             alerts=list(self.monitor.alerts.targets),
         )
         self._check_scripts(self.ws.broken_scripts())
-        self.units_settle = Arrivals(
-            self.settings.settle_seconds, self.log, self.ws.config.state_dir,
-            writes=lambda: self.watcher.writes if self.watcher is not None else None,
-            waits_for=lambda record_id: self.ws.waits_for(record_id),
-        )  # fmt: skip
         self.scripts_settle: Settler[Path] = Settler(self.settings.settle_seconds)
         self.config_settle: Settler[Path] = Settler(self.settings.settle_seconds)
         if not self.options.once:
@@ -455,9 +455,15 @@ class Daemon:
     def _ingest(self) -> list[StepResult]:
         """Record and announce what the receipts of units not on the cluster hold."""
         results = self.ws.ingest_receipts(busy=self.books.flights, on_invalid=self._invalid_receipt)
+        self._recorded(results)
         if self.flights.recovered(results):
             self._idle = False
         return results
+
+    def _recorded(self, results: list[StepResult]) -> None:
+        """The store took these results: the units that read their outputs settle."""
+        if self.units_settle.recorded(self.ws, results, self.clock()):
+            self._idle = False
 
     def _invalid_receipt(self, path: str, error: str) -> None:
         self._say("receipt.invalid", self.log.error, path=path, error=error,

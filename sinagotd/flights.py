@@ -75,6 +75,7 @@ class Loop:
     put: Callable[[StepEnded], object]  # the loop's queue: Dask's threads report there
     replan: Callable[..., None]  # plan these units again (force, only step) and submit
     ingest: Callable[[], list[StepResult]]  # record and announce what receipts hold
+    recorded: Callable[[list[StepResult]], object]  # the store took these: tell their readers
     store_failed: Callable[[StateError], None]  # the store refused a write: pause
     cluster_lost: Callable[[str], None]  # the client closed under us: reconnect
 
@@ -220,6 +221,7 @@ class Flights:
         except StateError as exc:
             self.loop.store_failed(exc)
             return False
+        self.loop.recorded(results)
         return True
 
     def recovered(self, results: list[StepResult]) -> bool:

@@ -43,7 +43,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +332,9 @@ if InotifyWatchGroup is not None and all(
 
         keep: Keep | None = None
         made: Callable[[str], None] | None = None  # `OpenWrites.made`
+        #: The cookies of the renames of a step's outputs into place, begun (their
+        #: IN_MOVED_FROM, under the temporary name) and not yet ended (IN_MOVED_TO).
+        _placing: set[int] = field(default_factory=set, init=False)
 
         def _add_callback(self, path: bytes) -> None:
             if _pruned(self.path, path, self.keep):
@@ -339,11 +342,21 @@ if InotifyWatchGroup is not None and all(
             super()._add_callback(path)
 
         def on_event(self, event: Any) -> None:
-            """A step's output under its temporary name (created, written, closed, renamed
-            into place) never reaches watchdog's move pairing: its rename comes in as the
-            output created. Half of a burst's events; and each one waiting in that pairing
-            queue was scanned for at every rename (most of the daemon's watching CPU)."""
+            """A step's output, from its creation under a temporary name to its rename
+            into place, reaches neither watchdog nor the loop: the run's results say what
+            it wrote (the units that read it are told when they are recorded, see
+            `Arrivals.recorded`). Half of a burst's events, through four threads and the
+            loop; and each one waiting in watchdog's move pairing was scanned for at every
+            rename (most of the daemon's watching CPU). Another writer's change to an
+            output still comes, as any file's."""
             if event.name.startswith(_TEMP_NAME):
+                if event.is_moved_from:
+                    if len(self._placing) >= _MADE_MAX:  # renamed out of sight: forget
+                        self._placing.clear()
+                    self._placing.add(event.cookie)
+                return
+            if event.is_moved_to and event.cookie in self._placing:
+                self._placing.discard(event.cookie)
                 return
             if self.made is not None and event.is_create and not event.is_directory:
                 path = self._build_event_source_path(event)

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from said import Said
-from test_daemon import LINUX_ONLY, write_record
+from test_daemon import LIGHT_DASK, LINUX_ONLY, write_record
 
 from sinagot.engine import Engine
 from sinagot.layout import Unit
@@ -109,6 +109,69 @@ def test_an_output_edited_by_hand_is_still_planned_and_run_again(ws, sinagotd):
     assert {e["record_id"] for e in daemon.seen("step.submitted", mark)} == {"REC-20200602"}
 
 
+READER_WORKSPACE = """
+[records]
+id_pattern = "REC-\\\\d{3}"
+
+[tasks.T]
+modalities = ["A", "B"]
+
+[modalities.A]
+scripts = ["double"]
+
+[modalities.B]
+scripts = ["plus_one"]
+
+[path]
+dataset = "./dataset"
+scripts = "./scripts"
+"""
+READER_SCRIPT = """
+from sinagot import ScriptTemplate
+
+
+class Script(ScriptTemplate):
+    PATH_IN = {path_in!r}
+    PATH_OUT = {path_out!r}
+
+    def run(self):
+        with open(self.path.input) as fh:
+            value = int(fh.read())
+        with open(self.path.output, "w") as fh:
+            fh.write(f"{{value {op}}}\\n")
+"""
+
+
+def test_a_unit_reading_another_units_output_runs_when_that_output_is_written(tmp_path, sinagotd):
+    """The watcher never reports a step's outputs renamed into place (a burst's events
+    halved): the units of another modality that read one are told as its run is recorded."""
+    ws = tmp_path / "readers"
+    (ws / "dataset" / "raw").mkdir(parents=True)
+    (ws / "workspace.toml").write_text(READER_WORKSPACE + LIGHT_DASK)
+    for modality, name, path_in, path_out, op in (
+        ("A", "double", ("raw", "{id}.txt"), ("computed", "{id}-{task}-a.txt"), "* 2"),
+        ("B", "plus_one", ("computed", "{id}-{task}-a.txt"), ("computed", "{id}-{task}-b.txt"),
+         "+ 1"),
+    ):  # fmt: skip
+        (ws / "scripts" / modality).mkdir(parents=True)
+        (ws / "scripts" / modality / f"{name}.py").write_text(
+            READER_SCRIPT.format(path_in=path_in, path_out=path_out, op=op)
+        )
+    daemon = sinagotd(ws)
+    base = daemon.wait_for("daemon.started")["status_page"]
+    daemon.wait_for("daemon.idle", 120)
+    mark = daemon.mark()
+    (ws / "dataset" / "raw" / "REC-001.txt").write_text("20\n")
+    daemon.wait_for("step.finished", 60, since=mark, record_id="REC-001", step="double")
+    daemon.wait_for("step.finished", 60, since=mark, record_id="REC-001", step="plus_one")
+    daemon.wait_for("daemon.idle", 60)
+    assert (ws / "dataset" / "computed" / "REC-001-T-b.txt").read_text() == "41\n"
+    # One plan as the raw file settled (A's unit: B's does not read it), one as A's run was
+    # recorded (B's): the outputs landing started nothing else.
+    assert planned(base) == 2
+    assert len(daemon.seen("step.finished", mark)) == 2
+
+
 # -- the watcher -------------------------------------------------------------------------
 
 
@@ -139,13 +202,18 @@ def test_the_logs_receipts_and_temporary_outputs_are_not_watched(tmp_path):
             path = tmp_path / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("x")
+        # A step's output renamed into place: its run's results say so, not the watcher.
         os.replace(tmp_path / f"computed/{TEMP_PREFIX}1-REC-1.csv", tmp_path / "computed/a.csv")
+        # A person's atomic save of the same output (an editor's temporary name): news.
+        (tmp_path / "computed" / ".a.csv.swp").write_text("edited")
+        os.replace(tmp_path / "computed" / ".a.csv.swp", tmp_path / "computed" / "c.csv")
         (tmp_path / "computed" / "deep" / "b.csv").write_text("y")  # the last one written
         seen = changed_paths(messages, str(tmp_path / "computed" / "deep" / "b.csv"))
     finally:
         watcher.stop()
     relative = {os.path.relpath(p, tmp_path) for p in seen}
-    assert {"raw/REC-1.csv", "computed/a.csv", "computed/deep/b.csv"} <= relative
+    assert {"raw/REC-1.csv", "computed/c.csv", "computed/deep/b.csv"} <= relative
+    assert "computed/a.csv" not in relative
     assert not [r for r in relative if r.startswith(("LOG/", ".sinagot")) or TEMP_PREFIX in r]
 
 
