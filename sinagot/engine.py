@@ -125,6 +125,9 @@ class Engine:
         #: and a receipt holding a result never changes, so planning does not read them
         #: again. In a daemon's burst every plan read every receipt of the units in flight.
         self._recorded: set[str] = set()
+        #: Results read from receipts not recorded yet (a daemon's units in flight), by file
+        #: name: read once, not at every plan (each plan of a burst read and parsed hundreds).
+        self._receipts_read: dict[str, StepResult] = {}
         self._size = 0  # units last discovered, or entries last listed: "a large share" of what
 
     def __enter__(self) -> Engine:
@@ -406,20 +409,27 @@ class Engine:
             names = os.listdir(self.receipts)
         except OSError:  # none yet, or unreadable: planning goes on without them
             return
+        read = self._receipts_read
+        for gone in read.keys() - set(names):
+            del read[gone]
         for name in names:
             if not name.endswith(".json") or name.startswith(".") or name in skip:
                 continue
-            path = os.path.join(self.receipts, name)
-            try:
-                result = _load_receipt(path)
-            except ValueError as exc:
-                if on_invalid is not None:
-                    with contextlib.suppress(OSError):
-                        os.rename(path, os.path.join(self.receipts, f".invalid-{name}"))
-                    on_invalid(path, str(exc))
-                continue
-            if result is not None:
-                yield result
+            result = read.get(name)
+            if result is None:
+                path = os.path.join(self.receipts, name)
+                try:
+                    result = _load_receipt(path)
+                except ValueError as exc:
+                    if on_invalid is not None:
+                        with contextlib.suppress(OSError):
+                            os.rename(path, os.path.join(self.receipts, f".invalid-{name}"))
+                        on_invalid(path, str(exc))
+                    continue
+                if result is None:  # its run goes on
+                    continue
+                read[name] = result
+            yield result
 
     def job(self, plan: StepPlan, *, debug: bool = False) -> StepJob:
         """The job that runs a plan's step. `debug` jobs run in this process (see
@@ -495,6 +505,7 @@ class Engine:
         """Drop the receipts of recorded runs whose whole unit has landed."""
         for name in _receipt_names(results):
             self._recorded.discard(name)
+            self._receipts_read.pop(name, None)
             # Left behind (a read-only folder), it is dropped at the next ingest: the store
             # holds its result by then.
             with contextlib.suppress(OSError):

@@ -727,6 +727,22 @@ def test_receipt_is_ingested_even_when_nothing_else_runs(harbor: Path) -> None:
     assert [r for r in receipts if r.exists()] == []
 
 
+def test_a_receipt_counts_only_while_it_is_there(harbor: Path) -> None:
+    """A long-lived engine (the daemon's) reads each receipt once, then remembers it: one
+    gone without being recorded by this engine (set aside by hand, or ingested by another
+    writer that died before the store took it) no longer counts."""
+    dataset = harbor / "dataset"
+    run_all(harbor)
+    touch(dataset / "raw" / "REC-20200601-raw.csv")
+    receipt = run_unrecorded(harbor, "REC-20200601", "count")
+    with Workspace(harbor, verbose=False) as ws:
+        count = harbor_key("REC-20200601", "count")
+        assert statuses(ws)[count] == (StepStatus.DONE, [])
+        assert statuses(ws)[count] == (StepStatus.DONE, [])  # remembered, still there
+        receipt.unlink()
+        assert statuses(ws)[count][0] is StepStatus.STALE
+
+
 # -- 12. the CLI: stale steps as JSON, dry runs ------------------------------------------------
 
 
