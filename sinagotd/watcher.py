@@ -25,6 +25,12 @@
   the events of a burst (fewer lost to an inotify queue overflow, less CPU). Nor is a
   folder no pattern can reach (`keep`, from `Layout.may_hold`): a scratch folder, last
   year's copy beside the records. The walk that adds the watches lists folders only.
+- A step writes its outputs under hidden temporary names and renames them into place.
+  None of that reaches watchdog (`_PrunedGroup.on_event`: the rename's second half is
+  known by its cookie): the run's results say what it wrote, and the units of other keys
+  that read an output are told when the run is recorded (`Arrivals.recorded`). That was
+  half a burst's events. A person's change to an output (an edit, an editor's atomic save)
+  still comes, as any file's.
 - inotify has kernel limits (`fs.inotify.max_user_watches`: one watch a folder;
   `fs.inotify.max_queued_events`: events not yet read). At start, `watch.limits` says what
   is used and what the limits are, as a warning naming the sysctl to raise when the watches
