@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -417,27 +417,32 @@ class Layout:
         return any(matcher.reaches(names) for matcher in self._reach)
 
     @cached_property
-    def matchers(self) -> list[tuple[Matcher, tuple[str | None, str | None]]]:
-        """Every input and output pattern of every unit, for mapping a path back to units."""
+    def _compiled(self) -> list[tuple[Matcher, Key, bool]]:
+        """Every pattern (with `{id}`) a unit key's steps read or write, compiled once for
+        that key: (matcher, key, read by one of its steps)."""
         out = []
         for key, steps in self._units.items():
             tasks = None if key[0] is None else (key[0],)
-            seen: set[PathPattern] = set()
+            read: dict[PathPattern, bool] = {}  # in the order first met
             for step in steps:
-                for pattern in (*step.inputs.patterns, *step.outputs.patterns):
-                    if "id" in pattern.fields and pattern not in seen:
-                        seen.add(pattern)
-                        out.append((pattern.compile(self.config.id_regex, tasks), key))
+                for pattern in step.inputs.patterns:
+                    if "id" in pattern.fields:
+                        read[pattern] = True
+                for pattern in step.outputs.patterns:
+                    if "id" in pattern.fields:
+                        read.setdefault(pattern, False)
+            out.extend((p.compile(self.config.id_regex, tasks), key, r) for p, r in read.items())
         return out
 
     @cached_property
+    def matchers(self) -> list[tuple[Matcher, Key]]:
+        """Every input and output pattern of every unit, for mapping a path back to units."""
+        return [(matcher, key) for matcher, key, _ in self._compiled]
+
+    @cached_property
     def _other_inputs(self) -> dict[Key, list[tuple[Matcher, Key]]]:
-        """Each unit key -> the input patterns of the other keys, compiled for their key."""
-        inputs: list[tuple[Matcher, Key]] = []
-        for key, steps in self._units.items():
-            tasks = None if key[0] is None else (key[0],)
-            patterns = {p: None for step in steps for p in step.inputs.patterns if "id" in p.fields}
-            inputs.extend((p.compile(self.config.id_regex, tasks), key) for p in patterns)
+        """Each unit key -> the input patterns of the other keys."""
+        inputs = [(matcher, key) for matcher, key, read in self._compiled if read]
         return {key: [(m, k) for m, k in inputs if k != key] for key in self._units}
 
     def read_elsewhere(self, writer: Key) -> bool:
@@ -448,19 +453,20 @@ class Layout:
         """The units of other keys whose steps read this output of a `writer` unit (a
         modality's summary read by a task's report). sinagotd tells them when the run that
         wrote it is recorded; with a single unit key there are none, and nothing is matched."""
-        units: dict[Unit, None] = {}
-        for matcher, (task, mod) in self._other_inputs.get(writer, ()):
-            if (m := matcher.match(relative)) is not None:
-                units[Unit(m.record_id, task, mod)] = None
-        return list(units)
+        return _matching(relative, self._other_inputs.get(writer, ()))
 
     def units_for_path(self, relative: str) -> list[Unit]:
         """The units a dataset-relative path belongs to (the daemon's reverse mapping)."""
-        units: dict[Unit, None] = {}
-        for matcher, (task, mod) in self.matchers:
-            if (m := matcher.match(relative)) is not None:
-                units[Unit(m.record_id, task, mod)] = None
-        return list(units)
+        return _matching(relative, self.matchers)
+
+
+def _matching(relative: str, matchers: Iterable[tuple[Matcher, Key]]) -> list[Unit]:
+    """The units, in order and once each, whose key's matchers match this path."""
+    units: dict[Unit, None] = {}
+    for matcher, (task, mod) in matchers:
+        if (m := matcher.match(relative)) is not None:
+            units[Unit(m.record_id, task, mod)] = None
+    return list(units)
 
 
 # -- checks ---------------------------------------------------------------------------------
