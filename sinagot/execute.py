@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -362,6 +362,21 @@ class DaskExecutor:
                     return index
                 room -= 1
         return len(chains)
+
+    def seconds_left(self, chains: Iterable[Submitted]) -> float | None:
+        """Seconds the cluster's threads need for these chains' steps not reported yet, by
+        the durations learnt (Dask's own cost apart); None if one was never timed."""
+        durations = self._durations()
+        total = 0.0
+        for submitted in chains:
+            unreported = (
+                step_kind(j) for j in submitted.jobs if j.spec.name not in submitted.reported
+            )
+            seconds = durations.of(unreported)
+            if seconds is None:
+                return None
+            total += seconds
+        return total / self.threads()
 
     def submit(self, chains: Sequence[Named], notify: Notify) -> list[Submitted]:
         """Submit chains, grouped into tasks (see `sinagot.batching`), newer inputs first;

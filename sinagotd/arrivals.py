@@ -42,6 +42,7 @@ from sinagot.runner import StepResult
 from sinagot.safepaths import PathRefused, open_regular
 from sinagot.state import StateStore, run_key
 
+from . import events
 from .settle import Settler
 from .watcher import OpenWrites
 
@@ -194,10 +195,12 @@ class Arrivals(Settler[Unit]):
         for path in self._to_fingerprint:
             self._fingerprints[path] = _fingerprint(path)
         self._to_fingerprint.clear()
-        for record_id in self._fresh:
-            if (record := self._records.get(record_id)) is not None:
-                self.log.info("record.arriving", record_id=record_id, files=len(record.files),
-                              ready_at=_iso(self._ready_at(record, now)))  # fmt: skip
+        with events.batch():  # a burst's thousands of records: one write, not one each
+            for record_id in self._fresh:
+                if (record := self._records.get(record_id)) is not None:
+                    self.log.info("record.arriving", record_id=record_id,
+                                  files=len(record.files),
+                                  ready_at=_iso(self._ready_at(record, now)))  # fmt: skip
         self._fresh.clear()
         if self._changed and (now >= self._next_write or not self._records):
             self._next_write = now + WRITE_EVERY

@@ -19,7 +19,7 @@ from sinagot.engine import Engine
 from sinagot.layout import Unit
 from sinagot.runner import Outcome, StepJob, StepResult
 from sinagotd.backlog import Backlog
-from sinagotd.flights import Flights, Loop, at_fault, lost, where
+from sinagotd.flights import REFILL_WAIT, Flights, Loop, at_fault, lost, refill_now, where
 from sinagotd.monitor import Monitor
 from sinagotd.retries import Retries
 from sinagotd.stopping import Stopping
@@ -110,3 +110,22 @@ def test_stop_and_reload_signals_only_set_flags_and_the_handlers_are_restored():
         os.kill(os.getpid(), signal.SIGINT)
         assert stopping.stops == 2  # the second one: stop at once
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_what_waits_goes_at_once_when_half_the_cluster_is_free():
+    never = lambda: pytest.fail("no need to ask how long the flights take")  # noqa: E731
+    assert refill_now(0, 256, 0.0, never), "nothing in flight"
+    assert refill_now(128, 256, 0.0, never), "half the room free"
+    assert not refill_now(129, 256, 0.0, never), "less than half, just after a submission"
+
+
+def test_quick_steps_wait_for_half_the_room_long_ones_go_after_the_refill_wait():
+    """A burst of quick steps: half the room frees within REFILL_WAIT anyway, and what waits
+    then goes in tasks of a useful size, not every 0.2 s in tasks of a few units. Long
+    steps (or steps never timed): a fresh record waits no longer than REFILL_WAIT."""
+    later = REFILL_WAIT + 0.01
+    assert not refill_now(256, 256, later, lambda: 0.3)  # 128 units more: 0.15 s
+    assert refill_now(256, 256, later, lambda: 0.5)  # 0.25 s
+    assert refill_now(256, 256, later, lambda: 3600.0)
+    assert refill_now(256, 256, later, lambda: None)
+    assert not refill_now(256, 256, REFILL_WAIT / 2, lambda: 3600.0)

@@ -614,13 +614,18 @@ def run_burst(dest: Path, burst: int, small: int, report: Report) -> float:
     first = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), check=False)
     report.check(first.returncode == 0, f"(c) run: first run exited {first.returncode}")
     MAKE.add_records(dest, range(small, small + burst))
+    before = os.times()
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), check=False)
     took = time.perf_counter() - start
+    after = os.times()  # the run's process, and its workers it waited for
+    cpu = after.children_user + after.children_system
+    cpu -= before.children_user + before.children_system
     last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     ids = {MAKE.record_id(x) for x in range(small, small + burst)}
     missing = missing_outputs(dest, ids)
     report.add("(c) sinagot run: the new records", f"{took:.1f} s, exit {done.returncode}: {last}")
+    report.add("(c) CPU of `sinagot run` and its workers", f"{cpu:.1f} s")
     report.check(done.returncode == 0, f"(c) run exited {done.returncode}: {done.stderr[-300:]}")
     report.check(not missing, f"(c) run: {len(missing)} outputs missing, first {missing[:3]}")
     return took
@@ -645,6 +650,7 @@ def daemon_burst(dest: Path, burst: int, small: int, report: Report) -> float:
     build(dest, small)
     daemon, _, _ = start_until_idle(dest, tmp, 600)
     cpu0 = cpu_seconds(daemon.pid)
+    tree0 = tree_cpu_seconds(daemon.pid)
     try:
         mark = daemon.count()
         numbers = range(small, small + burst)
@@ -677,6 +683,7 @@ def daemon_burst(dest: Path, burst: int, small: int, report: Report) -> float:
             mark,
             "daemon.idle after the burst",
         )
+        tree = tree_cpu_seconds(daemon.pid) - tree0
         time.sleep(2)  # anything run twice would show now
         events = daemon.snapshot(mark)
         mine = [e for e in events if e.get("record_id") in ids]
@@ -717,6 +724,7 @@ def daemon_burst(dest: Path, burst: int, small: int, report: Report) -> float:
             f"{planned} plans for {burst} new records ({planned / burst:.2f} a record; "
             f"expected 1.00); {cpu_seconds(daemon.pid) - cpu0:.1f} CPU s in the daemon process",
         )
+        report.add("(c) CPU of the daemon and its workers, drop to idle", f"{tree:.1f} s")
         report.check(total == expected, f"(c) {total} step.finished, expected {expected}")
         report.check(not twice, f"(c) finished twice: {twice[:5]}")
         report.check(not twice_sub, f"(c) submitted twice: {twice_sub[:5]}")
@@ -738,6 +746,24 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of a process and every live descendant (its Dask workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        one = todo.pop()
+        total += cpu_seconds(one)
+        todo.extend(children.get(one, []))
+    return total
 
 
 def units_planned(daemon: Daemon) -> int:
