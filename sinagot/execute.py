@@ -15,7 +15,6 @@ end, not when the task does.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import os
@@ -87,7 +86,7 @@ def run_chains(
 def named_jobs(chain: Chain, generation: str) -> tuple[StepJob, ...]:
     """The chain's jobs, each carrying the name of this run of it (see `chain_token`)."""
     token = chain_token(chain, generation)
-    return tuple(dataclasses.replace(job, run_id=task_key(job, token)) for job in chain)
+    return tuple(job.named(task_key(job, token)) for job in chain)
 
 
 class LocalExecutor:

@@ -28,9 +28,8 @@ def configure(
         else structlog.dev.ConsoleRenderer(colors=colors(stream))
     )
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+        processors=[  # no `merge_contextvars`: nothing binds any, and it was a quarter
+            structlog.processors.add_log_level,  # of what an event cost
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             *([] if as_json else [for_people]),

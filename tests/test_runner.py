@@ -186,6 +186,15 @@ def test_a_run_leaves_a_receipt_a_second_attempt_returns(harbor: Path) -> None:
     assert sorted(p.name for p in receipts.iterdir()) == [receipt.name]
 
 
+def test_a_job_named_for_a_run_is_that_job_under_its_new_name(harbor: Path) -> None:
+    job = count_job(harbor, "count-REC-20200601-0000beef")
+    named = job.named("count-REC-20200601-0000cafe")
+    assert named == dataclasses.replace(job, run_id="count-REC-20200601-0000cafe")
+    assert job.run_id == "count-REC-20200601-0000beef", "the job it was made from is unchanged"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        named.run_id = "another"  # type: ignore[misc]
+
+
 def test_the_receipts_folder_is_made_when_missing(harbor: Path, tmp_path: Path) -> None:
     job = dataclasses.replace(
         count_job(harbor, "count-REC-20200601-0000cafe"), receipts=str(tmp_path / "a" / "b")
