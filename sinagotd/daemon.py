@@ -43,6 +43,10 @@ from .throttle import Throttle
 from .watcher import PathChanged, Watcher, WatchError
 
 TICK = 0.1  # seconds: how often the loop looks at timers when nothing arrives
+#: Seconds of messages one pass takes at most before its timers: in a flood of file
+#: events (10,000 new records, while the loop was slower than the files came), settling
+#: waited for the flood's end, and with it the first submission.
+PASS_SECONDS = 0.1
 
 
 @dataclass
@@ -249,6 +253,7 @@ class Daemon:
             message = None
         ended: list[StepEnded] = []
         until = 0.0  # tasks ending this soon after the first are landed with it
+        cut = time.monotonic() + PASS_SECONDS
         try:
             while message is not None:
                 if isinstance(message, StepEnded):
@@ -257,6 +262,8 @@ class Daemon:
                     ended.append(message)
                 else:
                     self._handle(message)
+                if time.monotonic() > cut:
+                    break  # the rest next pass, after the timers
                 try:
                     message = self.messages.get_nowait()
                 except queue.Empty:
