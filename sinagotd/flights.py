@@ -39,8 +39,8 @@ from .retries import Retries
 #: process). Only if half the room will not be free within this many seconds after the
 #: last submission (long steps, by their durations learnt) does what waits go sooner, in
 #: the room there is: a fresh record waits about this long at most. Refilling every 0.2 s
-#: whatever the steps cut a burst of quick steps into tasks of a few units: 1.6 to 2.6
-#: times the tasks of `sinagot run` for the same 10,000 records (`refill_now`).
+#: whatever the steps cut a burst of quick steps into tasks of a few units: about 720
+#: tasks for 10,000 records, against 274 for `sinagot run` (`refill_now`).
 REFILL_WAIT = 0.2
 #: The start of the error of a step whose task the cluster lost (scheduler gone).
 LOST = (
