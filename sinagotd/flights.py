@@ -117,13 +117,15 @@ class Flights:
             return False
         now = self.clock()
         most = self.loop.engine().config.dask.max_in_flight
-        flying = [flight.submitted for flight in self.books.flights.values()]
-        seconds_left = functools.partial(self.loop.executor().seconds_left, flying)
-        if not refill_now(len(flying), most, now - self._last_fill, seconds_left):
+        flying = len(self.books.flights)
+        # Asked only for an early refill: the flights are not listed at every pass.
+        chains = (flight.submitted for flight in self.books.flights.values())
+        seconds_left = functools.partial(self.loop.executor().seconds_left, chains)
+        if not refill_now(flying, most, now - self._last_fill, seconds_left):
             return False
         # Units of steps never timed go out a few at a time: their first results say how
         # many units a Dask task should hold. The rest wait in the queue, in their order.
-        batch = self.books.take(most - len(flying), self._admit)
+        batch = self.books.take(most - flying, self._admit)
         if not batch:
             return False
         self._last_fill = now
