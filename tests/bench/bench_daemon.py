@@ -745,6 +745,8 @@ def cpu_seconds(pid: int) -> float:
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds so far of a process and every live descendant (its Dask workers)."""
     children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -752,10 +754,11 @@ def tree_cpu_seconds(pid: int) -> float:
             except OSError:
                 continue
             children.setdefault(int(stat[1]), []).append(int(entry))
+            cpu[int(entry)] = (int(stat[11]) + int(stat[12])) / tick
     total, todo = 0.0, [pid]
     while todo:
         one = todo.pop()
-        total += cpu_seconds(one)
+        total += cpu.get(one, 0.0)
         todo.extend(children.get(one, []))
     return total
 
