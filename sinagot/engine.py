@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import gc
 import json
 import os
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .collector import paused, young_only
 from .config import ENV_ADDRESS, Config, load_config
 from .errors import SinagotError
 from .fingerprints import DirectoryListing, DirectStat, Lookup, content_hash
@@ -69,51 +69,6 @@ def _receipt_names(results: Iterable[StepResult]) -> Iterator[str]:
     from .runner import receipt_name
 
     return (receipt_name(r.run_id) for r in results if r.run_id and r.state is not None)
-
-
-@contextlib.contextmanager
-def _gc_paused(large: bool) -> Iterator[None]:
-    """Planning many units allocates millions of small containers (units, plans, lists)
-    and keeps most of them: the cycle collector would walk the growing heap again and
-    again (a tenth of a million-record plan) to find no cycle in data that has none. It
-    is paused for a large plan only, and resumed as it was (another thread planning at the
-    same time may resume it early: only slower, never wrong)."""
-    if not large or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-@contextlib.contextmanager
-def gc_young_only() -> Iterator[None]:
-    """While steps run, the cycle collector makes no full pass: young objects are
-    collected as ever, older ones are left for after the run.
-
-    A full pass walks every object of the process while holding the GIL, and one comes
-    each time the heap has grown by a quarter: during a run of 10,000 records, three or
-    four passes of 0.1-0.25 s each, and the scheduler in this process (Dask's embedded
-    cluster) sent the workers nothing meanwhile: both of them idle at the same moments.
-    Freezing what exists at the start (`gc.freeze`) only shortened them; results and
-    Dask's state made the heap grow again. Nothing is changed if the process manages the
-    collector itself (it is off, or something is frozen already); the thresholds are
-    given back after the run, and the next full pass collects what waited."""
-    if not gc.isenabled() or gc.get_freeze_count():
-        yield
-        return
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], _NO_FULL_PASS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-
-
-#: A third threshold no run reaches: passes of the middle generation before a full one.
-_NO_FULL_PASS = 1 << 30
 
 
 #: In the state folder: the records a running sinagotd sees arriving (files still being
@@ -205,7 +160,7 @@ class Engine:
         Dataset entries that discovery could not read are added to `problems`, if given."""
         ids = self.layout.discover(scope, problems) if record_ids is None else record_ids
         keys = self.layout.unit_keys(scope)
-        with _gc_paused(record_ids is None):
+        with paused(record_ids is None):
             units = [Unit(rid, task, mod) for rid in ids for task, mod in keys]
         if record_ids is None:
             self._size = len(units)
@@ -237,7 +192,7 @@ class Engine:
         Many units: folders are listed once, and units are first checked against the store's
         settled signatures; only those that differ are planned rule by rule.
         """
-        with _gc_paused(self._large(len(units))):
+        with paused(self._large(len(units))):
             reading = self._reading(len(units), force)
             return self._plan(
                 reading, units, force, only, stale_only, problems, ignore_missing, waiting
@@ -255,13 +210,13 @@ class Engine:
         the store read once: a million units' plans (two million StepPlans, ~1.5 GB) are
         never all in memory at once (the status page's full plan). Ends early, between two
         chunks, once `stopped()` says so: a daemon stopping does not wait a minute for it."""
-        with _gc_paused(self._large(len(units))):
+        with paused(self._large(len(units))):
             reading = self._reading(len(units), False)
         for first in range(0, len(units), chunk):
             if stopped is not None and stopped():
                 return
             part = units[first : first + chunk]
-            with _gc_paused(self._large(len(part))):
+            with paused(self._large(len(part))):
                 plans = self._plan(reading, part, False, None, stale_only, None, False)
             yield from plans
 
@@ -614,7 +569,7 @@ class Engine:
         with self.writing():
             named = list(zip(chains.values(), self.generations(list(chains.items())), strict=True))
             executor = _local() if debug else self.executor
-            with gc_young_only():
+            with young_only():
                 return executor.run(named, started, finished)
 
     def generation(self, unit: Unit, chain: Sequence[StepJob]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sinagot import __version__
 from sinagot.cluster import ClusterError, connect, resolve_address
+from sinagot.collector import Collector
 from sinagot.engine import Engine
 from sinagot.errors import ConfigError, SinagotError
 from sinagot.execute import GATHER_WINDOW, DaskExecutor, input_times
@@ -97,6 +98,8 @@ class Daemon:
         )  # fmt: skip
         self.flights = Flights(self.books, self.retries, self.monitor, self.log, self.clock, loop)
         self.stopping = Stopping(self.flights, self.log, self.clock)  # signals; withdraw, grace
+        # No full pass of Python's cycle collector while units fly (sinagot/collector.py).
+        self.collector = Collector(self.clock)
         # `sinagot run` requests (sinagotd/requested.py); startup hands the server its two ends.
         self.desk = RunDesk(
             self.books, self.flights, self.log, engine=lambda: self.ws, put=self.messages.put,
@@ -347,6 +350,7 @@ class Daemon:
         self.cluster.check(now)
         self._fill()  # what waited for its turn (`flights.REFILL_WAIT`)
         self.monitor.tick(now, self.books.waiting.keys, self.units_settle.keys)
+        self.collector.busy(bool(self.books.flights))
         if self._is_idle() and not self._idle:
             self._idle = True
             self.log.info("daemon.idle")
@@ -533,6 +537,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.executor.close()
         self.ws.close()
+        self.collector.busy(False)
         if not once:
             self.log.info("daemon.stopped", in_flight=left)
         return 1 if once and self.flights.failed_steps else 0
