@@ -7,7 +7,9 @@ a million-record plan) to find no cycle in data that has none. It is paused for 
 plan only (`paused`), and resumed as it was (another thread planning at the same time may
 resume it early: only slower, never wrong).
 
-While steps run (`young_only`, `Collector`), young objects only, no full pass.
+While steps run on Dask (`young_only` for a run, `Collector` for the daemon), young
+objects only, no full pass. Steps run in this process keep every pass: a script's garbage
+(an EEG recording held in a cycle, say) is this process's, and must not wait for the end.
 
 A full pass walks every object of the process while holding the GIL, and one comes each
 time the heap has grown by a quarter. The process that submits steps also runs Dask's
@@ -56,7 +58,8 @@ def _hold() -> tuple[int, ...] | None:
 
 @contextlib.contextmanager
 def young_only() -> Iterator[None]:
-    """For one run of steps (`Engine.execute`): the thresholds are given back after it."""
+    """For one run of steps on Dask (`Engine.execute`): the thresholds are given back
+    after it."""
     held = _hold()
     try:
         yield

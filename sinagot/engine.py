@@ -569,7 +569,9 @@ class Engine:
         with self.writing():
             named = list(zip(chains.values(), self.generations(list(chains.items())), strict=True))
             executor = _local() if debug else self.executor
-            with young_only():
+            # Steps run elsewhere: no full pass here to stall the scheduler (see collector).
+            # Steps run here: their garbage is collected as ever, full passes and all.
+            with contextlib.nullcontext() if executor.in_process else young_only():
                 return executor.run(named, started, finished)
 
     def generation(self, unit: Unit, chain: Sequence[StepJob]) -> str:

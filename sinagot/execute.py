@@ -53,6 +53,9 @@ ResultsCallback = Callable[[Sequence[tuple[StepJob, StepResult]]], None]
 
 
 class Executor(Protocol):
+    #: Steps run in this process (their garbage is this process's to collect, as ever).
+    in_process: bool
+
     def run(
         self, chains: Sequence[Named], on_start: StartCallback, on_results: ResultsCallback
     ) -> list[StepResult]:
@@ -91,6 +94,8 @@ def named_jobs(chain: Chain, generation: str) -> tuple[StepJob, ...]:
 
 class LocalExecutor:
     """Runs steps one after the other in the calling process."""
+
+    in_process = True
 
     def run(
         self, chains: Sequence[Named], on_start: StartCallback, on_results: ResultsCallback
@@ -295,6 +300,8 @@ class DaskExecutor:
 
     Results come back to this process, which is the only one to record them.
     """
+
+    in_process = False
 
     def __init__(
         self,

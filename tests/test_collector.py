@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,49 +28,71 @@ def collector() -> Iterator[None]:
         gc.enable()
 
 
-def run_seeing_thresholds(root: Path) -> list[tuple[int, int, int]]:
-    """Run every step of the workspace (again, if done); the collector's thresholds as
-    each step ended."""
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """A real cluster on loopback: one worker process."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=":0", silence_logs=logging.ERROR,
+    ) as cluster:  # fmt: skip
+        yield cluster.scheduler_address
+
+
+def run_seeing_thresholds(root: Path, scheduler: str | None) -> list[tuple[int, int, int]]:
+    """Run every step of the workspace (again, if done), on the cluster or, without one,
+    in this process; the collector's thresholds as each step ended."""
     seen: list[tuple[int, int, int]] = []
-    with Engine(root, verbose=False) as ws:
+    with Engine(root, verbose=False, scheduler=scheduler) as ws:
         results = ws.execute(
             ws.plan(ws.units(Scope()), force=True, stale_only=True),
             on_result=lambda _: seen.append(gc.get_threshold()),
         )
-    assert results and all(r.ok for r in results)
+    assert len(results) == 6 and all(r.ok for r in results)  # three records, two steps
     return seen
 
 
-def test_no_full_pass_during_a_run_and_the_thresholds_given_back(
-    harbor: Path, collector: None
+def test_no_full_pass_during_a_run_on_dask_and_the_thresholds_given_back(
+    harbor: Path, scheduler: str, collector: None
 ) -> None:
     gc.set_threshold(700, 10, 10)
-    seen = run_seeing_thresholds(harbor)
-    assert len(seen) == 6  # three records, two steps
-    assert all(t[:2] == (700, 10) and t[2] > 1_000_000 for t in seen)
+    seen = run_seeing_thresholds(harbor, scheduler)
+    assert seen and all(t[:2] == (700, 10) and t[2] > 1_000_000 for t in seen)
     assert gc.get_threshold() == (700, 10, 10) and gc.isenabled()
 
 
-def test_the_thresholds_given_back_when_the_run_raises(harbor: Path, collector: None) -> None:
+def test_steps_run_in_this_process_keep_full_passes(harbor: Path, collector: None) -> None:
+    """A script's garbage is this process's: it is collected as ever while steps run."""
+    gc.set_threshold(700, 10, 10)
+    assert set(run_seeing_thresholds(harbor, None)) == {(700, 10, 10)}
+
+
+def test_the_thresholds_given_back_when_the_run_raises(
+    harbor: Path, scheduler: str, collector: None
+) -> None:
     gc.set_threshold(500, 7, 9)
 
     def stop(_: object) -> None:
         raise KeyboardInterrupt  # Ctrl-C while the results come in
 
-    with Engine(harbor, verbose=False) as ws, pytest.raises(KeyboardInterrupt):
-        ws.execute(ws.plan(ws.units(Scope()), stale_only=True), on_result=stop)
-    assert gc.get_threshold() == (500, 7, 9) and gc.isenabled()
+    with Engine(harbor, verbose=False, scheduler=scheduler) as ws:
+        with pytest.raises(KeyboardInterrupt):
+            ws.execute(ws.plan(ws.units(Scope()), stale_only=True), on_result=stop)
+        assert gc.get_threshold() == (500, 7, 9) and gc.isenabled()
 
 
-def test_a_process_managing_its_collector_is_left_alone(harbor: Path, collector: None) -> None:
+def test_a_process_managing_its_collector_is_left_alone(
+    harbor: Path, scheduler: str, collector: None
+) -> None:
     gc.set_threshold(700, 10, 10)
     gc.disable()
-    assert set(run_seeing_thresholds(harbor)) == {(700, 10, 10)}
+    assert set(run_seeing_thresholds(harbor, scheduler)) == {(700, 10, 10)}
     assert not gc.isenabled()
 
     gc.enable()
     gc.freeze()
-    assert set(run_seeing_thresholds(harbor)) == {(700, 10, 10)}
+    assert set(run_seeing_thresholds(harbor, scheduler)) == {(700, 10, 10)}
     assert gc.get_freeze_count() > 0  # still frozen: an unfreeze leaves none
 
 
