@@ -73,7 +73,7 @@ class Collector:
     again once none is. A daemon busy without a break still gets one full pass every
     `every` seconds, so that old garbage never piles up for hours."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, every: float = 600.0):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, every: float = 600.0) -> None:
         self._clock = clock
         self._every = every
         self._held: tuple[int, ...] | None = None
@@ -83,9 +83,9 @@ class Collector:
     def holding(self) -> bool:
         return self._held is not None
 
-    def busy(self, busy: bool) -> None:
+    def busy(self, flying: bool) -> None:
         """Said at every pass of the daemon's loop: whether units are on the cluster."""
-        if not busy:
+        if not flying:
             self._release()
         elif self._held is None:
             self._held = _hold()
