@@ -87,13 +87,13 @@ class Collector:
         """Said at every pass of the daemon's loop: whether units are on the cluster."""
         if not flying:
             self._release()
-        elif self._held is None:
-            self._held = _hold()
-            self._since = self._clock()
-        elif self._clock() - self._since >= self._every:
+            return
+        if self._held is not None and self._clock() - self._since >= self._every:
             self._release()
             gc.collect()
-            self.busy(True)
+        if self._held is None:
+            self._held = _hold()
+            self._since = self._clock()
 
     def _release(self) -> None:
         if self._held is not None:
