@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,14 +29,18 @@ def collector() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[str]:
-    """A real cluster on loopback: one worker process."""
-    from distributed import LocalCluster
+    """A real cluster on loopback, one worker process, started as sinagot embeds one."""
+    from sinagot.cluster import connect
+    from sinagot.config import DaskSettings
 
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=":0", silence_logs=logging.ERROR,
-    ) as cluster:  # fmt: skip
-        yield cluster.scheduler_address
+    connection = connect(
+        None, DaskSettings(n_workers=1, threads_per_worker=1, dashboard_address=":0")
+    )
+    try:
+        assert connection.cluster is not None
+        yield connection.cluster.scheduler_address
+    finally:
+        connection.close()
 
 
 def run_seeing_thresholds(root: Path, scheduler: str | None) -> list[tuple[int, int, int]]:
